@@ -1,0 +1,348 @@
+"""Scrape-time export of resilience's own counters to prometheus-client.
+
+The hot path never touches prometheus-client: each command, pool and TLS server records into
+plain integers on a *series* object (one per name and per ``CollectorRegistry``), and one
+collector per ``CollectorRegistry`` (a :class:`Hub`) turns them into metric families when
+scraped. Because series are shared per name, any number of ``resilience.Registry`` objects may
+export to the same ``CollectorRegistry``: equal labels simply add up, and counters never go
+backwards (a series outlives the objects that fed it). Gauges are read from the live objects
+(held weakly) at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+__all__ = ["CommandSeries", "Histogram", "Hub", "PoolSeries", "TLSSeries"]
+
+#: Default latency buckets (prometheus-client's defaults), in seconds.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+
+# Outcome indexes of resilience_command_calls_total (order = label values below).
+SUCCESS, FAILURE, TIMEOUT, REJECTED, SHORT_CIRCUITED, IGNORED, CANCELLED = range(7)
+CALL_OUTCOMES = (
+    "success", "failure", "timeout", "rejected", "short_circuited", "ignored", "cancelled",
+)
+FALLBACK_OUTCOMES = ("success", "failure")
+JOB_OUTCOMES = ("success", "failure", "cancelled")
+HANDSHAKE_OUTCOMES = ("success", "failure", "timeout")
+CIRCUIT_STATES = ("closed", "open", "half_open")
+
+
+class Histogram:
+    """A cumulative-on-read histogram: ``observe`` is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        acc = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            acc += count
+            out.append((_fmt(bound), acc))
+        out.append(("+Inf", acc + self.counts[-1]))
+        return out
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class CircuitGauges(Protocol):
+    """What the hub reads from a live circuit at scrape time."""
+
+    @property
+    def state_index(self) -> int: ...  # index into CIRCUIT_STATES
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def error_ratio(self) -> float: ...
+
+
+class PoolGauges(Protocol):
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def workers_busy(self) -> int: ...
+
+
+class TLSGauges(Protocol):
+    @property
+    def connections_active(self) -> int: ...
+
+    @property
+    def certificate_expiry_timestamp(self) -> float | None: ...
+
+
+class CommandSeries:
+    """Lifetime counters of one command name. Mutated under ``lock`` by the circuit."""
+
+    __slots__ = ("calls", "circuits", "duration", "fallbacks", "lock", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.calls = [0] * len(CALL_OUTCOMES)
+        self.fallbacks = [0, 0]
+        self.duration = Histogram()
+        self.circuits: weakref.WeakSet[CircuitGauges] = weakref.WeakSet()
+
+
+class PoolSeries:
+    """Lifetime counters of one pool name."""
+
+    __slots__ = ("job_duration", "jobs", "lock", "name", "pools", "queue_wait")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.jobs = [0] * len(JOB_OUTCOMES)
+        self.job_duration = Histogram()
+        self.queue_wait = Histogram()
+        self.pools: weakref.WeakSet[PoolGauges] = weakref.WeakSet()
+
+
+class TLSSeries:
+    """Lifetime counters of one TLS server name."""
+
+    __slots__ = ("handshakes", "lock", "name", "servers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.handshakes = [0] * len(HANDSHAKE_OUTCOMES)
+        self.servers: weakref.WeakSet[TLSGauges] = weakref.WeakSet()
+
+
+class Hub(Collector):
+    """The one collector resilience registers on a ``CollectorRegistry``."""
+
+    _hubs: weakref.WeakKeyDictionary[CollectorRegistry, Hub] = weakref.WeakKeyDictionary()
+    _hubs_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.commands: dict[str, CommandSeries] = {}
+        self.pools: dict[str, PoolSeries] = {}
+        self.tls: dict[str, TLSSeries] = {}
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry | None = None) -> Hub:
+        """The hub of ``registry`` (prometheus-client's default one when ``None``)."""
+        reg = REGISTRY if registry is None else registry
+        hub = cls._hubs.get(reg)
+        if hub is None:
+            with cls._hubs_lock:
+                hub = cls._hubs.get(reg)
+                if hub is None:
+                    hub = cls()
+                    reg.register(hub)
+                    cls._hubs[reg] = hub
+        return hub
+
+    def command(self, name: str) -> CommandSeries:
+        series = self.commands.get(name)
+        if series is None:
+            with self._lock:
+                series = self.commands.setdefault(name, CommandSeries(name))
+        return series
+
+    def pool(self, name: str) -> PoolSeries:
+        series = self.pools.get(name)
+        if series is None:
+            with self._lock:
+                series = self.pools.setdefault(name, PoolSeries(name))
+        return series
+
+    def tls_server(self, name: str) -> TLSSeries:
+        series = self.tls.get(name)
+        if series is None:
+            with self._lock:
+                series = self.tls.setdefault(name, TLSSeries(name))
+        return series
+
+    # -- prometheus-client Collector protocol -------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_families())
+
+    def collect(self) -> Iterable[Metric]:
+        fam = dict(((m.name, m) for m in _families()))
+        with self._lock:
+            commands = list(self.commands.values())
+            pools = list(self.pools.values())
+            servers = list(self.tls.values())
+        for c in commands:
+            _collect_command(fam, c)
+        for p in pools:
+            _collect_pool(fam, p)
+        for t in servers:
+            _collect_tls(fam, t)
+        return fam.values()
+
+
+def _families() -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "resilience_command_calls", "Calls to a command, by outcome.",
+        labels=["command", "outcome"],
+    )
+    yield CounterMetricFamily(
+        "resilience_command_fallbacks", "Fallbacks run by a command, by outcome.",
+        labels=["command", "outcome"],
+    )
+    yield HistogramMetricFamily(
+        "resilience_command_duration_seconds",
+        "Duration of executed command calls (short-circuited and rejected calls excluded).",
+        labels=["command"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_command_in_flight", "Executions of a command holding a concurrency slot.",
+        labels=["command"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_circuit_state", "Circuit state: 1 for the current state, 0 for the others.",
+        labels=["command", "state"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_circuit_error_ratio",
+        "Error ratio (0..1) of a command over its rolling window.",
+        labels=["command"],
+    )
+    yield CounterMetricFamily(
+        "resilience_pool_jobs", "Jobs finished by a worker pool, by outcome.",
+        labels=["pool", "outcome"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_pool_queue_depth", "Jobs waiting in a worker pool's queue.", labels=["pool"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_pool_workers_busy", "Workers of a pool running a job.", labels=["pool"],
+    )
+    yield HistogramMetricFamily(
+        "resilience_pool_job_duration_seconds", "Run time of a pool's jobs.", labels=["pool"],
+    )
+    yield HistogramMetricFamily(
+        "resilience_pool_queue_wait_seconds",
+        "Time a job waited in a pool's queue before a worker took it.",
+        labels=["pool"],
+    )
+    yield CounterMetricFamily(
+        "resilience_tls_handshakes", "TLS handshakes of a server, by outcome.",
+        labels=["server", "outcome"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_tls_connections_active", "TLS connections a server is serving.",
+        labels=["server"],
+    )
+    yield GaugeMetricFamily(
+        "resilience_tls_certificate_expiry_timestamp_seconds",
+        "Unix time at which the server's certificate expires.",
+        labels=["server"],
+    )
+
+
+def _counter(fam: dict[str, Metric], name: str) -> CounterMetricFamily:
+    m = fam[name]
+    assert isinstance(m, CounterMetricFamily)
+    return m
+
+
+def _gauge(fam: dict[str, Metric], name: str) -> GaugeMetricFamily:
+    m = fam[name]
+    assert isinstance(m, GaugeMetricFamily)
+    return m
+
+
+def _hist(fam: dict[str, Metric], name: str) -> HistogramMetricFamily:
+    m = fam[name]
+    assert isinstance(m, HistogramMetricFamily)
+    return m
+
+
+def _collect_command(fam: dict[str, Metric], s: CommandSeries) -> None:
+    with s.lock:
+        calls = list(s.calls)
+        fallbacks = list(s.fallbacks)
+        buckets = s.duration.buckets()
+        total = s.duration.sum
+        circuits = list(s.circuits)
+        states = [0, 0, 0]
+        in_flight = 0
+        ratio = 0.0
+        for c in circuits:
+            states[c.state_index] += 1
+            in_flight += c.in_flight
+            ratio = max(ratio, c.error_ratio())
+    if not circuits:
+        states[0] = 1  # a command nobody runs any more reads as closed and idle
+    name = s.name
+    for outcome, value in zip(CALL_OUTCOMES, calls, strict=True):
+        _counter(fam, "resilience_command_calls").add_metric([name, outcome], value)
+    for outcome, value in zip(FALLBACK_OUTCOMES, fallbacks, strict=True):
+        _counter(fam, "resilience_command_fallbacks").add_metric([name, outcome], value)
+    _hist(fam, "resilience_command_duration_seconds").add_metric([name], buckets, total)
+    _gauge(fam, "resilience_command_in_flight").add_metric([name], in_flight)
+    for state, value in zip(CIRCUIT_STATES, states, strict=True):
+        _gauge(fam, "resilience_circuit_state").add_metric([name, state], value)
+    _gauge(fam, "resilience_circuit_error_ratio").add_metric([name], ratio)
+
+
+def _collect_pool(fam: dict[str, Metric], s: PoolSeries) -> None:
+    with s.lock:
+        jobs = list(s.jobs)
+        dur, dur_sum = s.job_duration.buckets(), s.job_duration.sum
+        wait, wait_sum = s.queue_wait.buckets(), s.queue_wait.sum
+        pools = list(s.pools)
+    depth = sum(p.queue_depth for p in pools)
+    busy = sum(p.workers_busy for p in pools)
+    name = s.name
+    for outcome, value in zip(JOB_OUTCOMES, jobs, strict=True):
+        _counter(fam, "resilience_pool_jobs").add_metric([name, outcome], value)
+    _gauge(fam, "resilience_pool_queue_depth").add_metric([name], depth)
+    _gauge(fam, "resilience_pool_workers_busy").add_metric([name], busy)
+    _hist(fam, "resilience_pool_job_duration_seconds").add_metric([name], dur, dur_sum)
+    _hist(fam, "resilience_pool_queue_wait_seconds").add_metric([name], wait, wait_sum)
+
+
+def _collect_tls(fam: dict[str, Metric], s: TLSSeries) -> None:
+    with s.lock:
+        handshakes = list(s.handshakes)
+        servers = list(s.servers)
+    active = sum(srv.connections_active for srv in servers)
+    expiries = [
+        e for srv in servers if (e := srv.certificate_expiry_timestamp) is not None
+    ]
+    name = s.name
+    for outcome, value in zip(HANDSHAKE_OUTCOMES, handshakes, strict=True):
+        _counter(fam, "resilience_tls_handshakes").add_metric([name, outcome], value)
+    _gauge(fam, "resilience_tls_connections_active").add_metric([name], active)
+    if expiries:  # the soonest expiry is the one to alert on
+        _gauge(fam, "resilience_tls_certificate_expiry_timestamp_seconds").add_metric(
+            [name], min(expiries)
+        )

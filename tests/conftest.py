@@ -1,0 +1,19 @@
+"""Every async test runs on asyncio and on trio (anyio's own pytest plugin, auto mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def metrics_registry() -> Iterator[CollectorRegistry]:
+    """A private prometheus-client registry, so tests never see each other's series."""
+    yield CollectorRegistry()
