@@ -52,10 +52,7 @@ class CircuitOpenError(CommandError):
         retry_after: float | None,
         statistics: CircuitStatistics,
     ) -> None:
-        if retry_after is None:
-            detail = "forced open"
-        else:
-            detail = f"retry after {retry_after:.3f}s"
+        detail = "forced open" if retry_after is None else f"retry after {retry_after:.3f}s"
         super().__init__(
             f"circuit of command {command!r} is open ({detail}; "
             f"error rate {statistics.error_percent:.1f}% over {statistics.requests} requests)",

@@ -1,0 +1,278 @@
+"""The circuit breaker of one command: Hystrix semantics, made deterministic.
+
+All state lives here and changes only under the command's lock, in short critical sections
+that never await: admission (state check + slot) and completion (slot + statistics + health).
+Every admitted call carries the *generation* it was admitted in; an outcome acts on the state
+only if that generation is still current, so slow calls from an earlier state change nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._config import CommandConfig
+from ._errors import CircuitOpenError, MaxConcurrencyError
+from ._exporter import CommandSeries
+from ._rolling import (
+    FAILURE,
+    FALLBACK_FAILED,
+    FALLBACK_OK,
+    REJECTED,
+    SHORT_CIRCUITED,
+    SUCCESS,
+    TIMEOUT,
+    RollingWindow,
+)
+from ._threads import ThreadPool
+
+__all__ = ["Circuit", "CircuitState", "CircuitStatistics"]
+
+# Outcome kinds beyond the rolling window's: lifetime-only outcomes.
+IGNORED, CANCELLED = 5, 6  # same indexes as resilience_command_calls_total's outcomes
+
+_CLOSED, _OPEN, _HALF_OPEN = 0, 1, 2
+
+
+class CircuitState(enum.StrEnum):
+    """State of a circuit; a ``str`` enum (``"closed"``, ``"open"``, ``"half_open"``)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStatistics:
+    """Snapshot of a command's rolling window (``requests`` = the health counts' sum)."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    rejections: int = 0
+    short_circuits: int = 0
+    fallback_successes: int = 0
+    fallback_failures: int = 0
+    error_percent: float = 0.0
+
+
+class Circuit:
+    """State, rolling statistics and concurrency slots of one command in one registry."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CommandConfig,
+        series: CommandSeries,
+        clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self._series = series
+        self._lock = series.lock
+        self._calls = series.calls
+        self._duration = series.duration
+        self._clock = clock
+        self._real_clock = clock is time.monotonic
+        self._state = _CLOSED
+        self._gen = 0
+        self._in_flight = 0
+        self._opened_at = 0.0
+        self._trial_busy = False
+        self._trial_at = 0.0
+        self._threads: ThreadPool | None = None
+        self._window = RollingWindow(config.rolling_window, config.buckets)
+        self._config = config
+        with self._lock:
+            self._apply(config)
+        series.circuits.add(self)
+
+    # -- public introspection --------------------------------------------------------------
+
+    @property
+    def config(self) -> CommandConfig:
+        return self._config
+
+    @property
+    def state(self) -> CircuitState:
+        return _STATES[self.state_index]
+
+    @property
+    def state_index(self) -> int:
+        return _OPEN if self._config.force_open else self._state
+
+    @property
+    def in_flight(self) -> int:
+        """Executions holding a concurrency slot (threads past their timeout included)."""
+        return self._in_flight
+
+    def statistics(self) -> CircuitStatistics:
+        """A snapshot of the rolling window."""
+        with self._lock:
+            return self._snapshot(self._clock())
+
+    def error_ratio(self) -> float:
+        """Rolling error ratio 0..1 (read by the metrics hub with the lock held)."""
+        w = self._window
+        w.advance(self._clock())
+        requests = w.requests
+        return (requests - w.totals[SUCCESS]) / requests if requests else 0.0
+
+    def __repr__(self) -> str:
+        return f"<Circuit {self.name!r} {self.state.value} in_flight={self._in_flight}>"
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def configure(self, config: CommandConfig) -> None:
+        with self._lock:
+            old = self._config
+            if (old.rolling_window, old.buckets) != (config.rolling_window, config.buckets):
+                self._window = RollingWindow(config.rolling_window, config.buckets)
+            self._config = config
+            if config.force_closed and self._state != _CLOSED:
+                self._to_closed()
+            self._apply(config)
+
+    def flush(self) -> None:
+        """Forget state and rolling statistics; in-flight calls become stale."""
+        with self._lock:
+            self._to_closed()
+            self._apply(self._config)
+
+    def _apply(self, config: CommandConfig) -> None:
+        # Cached for the hot path (lock held).
+        self._max = config.max_concurrent_requests
+        self._timeout = config.timeout
+        self._fast = self._state == _CLOSED and not config.force_open
+
+    # -- admission (lock held) ------------------------------------------------------------------
+
+    def _admit_slow(self) -> int:
+        """Admit a call that missed the fast path; return its generation or raise."""
+        cfg = self._config
+        if cfg.force_open:
+            self._short_circuit(None)
+        trial = False
+        if self._state != _CLOSED:
+            now = self._clock()
+            sw = cfg.sleep_window
+            if self._state == _OPEN:
+                if now - self._opened_at < sw:
+                    self._short_circuit(self._opened_at + sw - now)
+            elif self._trial_busy and now - self._trial_at < sw:
+                self._short_circuit(self._trial_at + sw - now)
+            # A trial: the first call after the sleep window, or after a trial that ended
+            # without a verdict, or one more sleep window after a trial that still hangs.
+            trial = True
+            self._state = _HALF_OPEN
+            self._fast = False
+            self._gen += 1
+            self._trial_busy = True
+            self._trial_at = now
+        if self._in_flight >= self._max:
+            if trial:
+                self._trial_busy = False  # give the trial permit back at once
+            self._calls[REJECTED] += 1
+            self._record_window(self._gen, REJECTED)
+            raise MaxConcurrencyError(self.name, limit=self._max)
+        self._in_flight += 1
+        return self._gen
+
+    def _short_circuit(self, retry_after: float | None) -> None:
+        now = self._clock()
+        self._calls[SHORT_CIRCUITED] += 1
+        self._window.add(now, SHORT_CIRCUITED)
+        raise CircuitOpenError(
+            self.name,
+            retry_after=None if retry_after is None else max(0.0, retry_after),
+            statistics=self._snapshot(now),
+        )
+
+    # -- completion (lock held) -------------------------------------------------------------------
+
+    def _record(self, gen: int, kind: int, duration: float | None) -> None:
+        """Count an outcome; act on the state only if ``gen`` is current."""
+        self._calls[kind] += 1
+        if duration is not None:
+            self._duration.observe(duration)
+        if kind < IGNORED:
+            self._record_window(gen, kind)
+        elif gen == self._gen and self._state == _HALF_OPEN:
+            self._trial_busy = False  # cancelled or ignored trial: the next call may trial
+
+    def _record_window(self, gen: int, kind: int) -> None:
+        if gen != self._gen:
+            return  # stale: lifetime metrics only
+        state = self._state
+        if state == _CLOSED:
+            now = self._clock()
+            w = self._window
+            w.add(now, kind)
+            if kind != SUCCESS and not self._config.force_closed:
+                requests = w.requests
+                cfg = self._config
+                if (
+                    requests
+                    and requests >= cfg.request_volume_threshold
+                    and 100 * (requests - w.totals[SUCCESS])
+                    >= cfg.error_percent_threshold * requests
+                ):
+                    self._to_open(now)
+        elif state == _HALF_OPEN:
+            if kind == SUCCESS:
+                self._to_closed()
+            elif kind != REJECTED:  # failure or timeout of the trial
+                now = self._clock()
+                self._window.add(now, kind)
+                self._to_open(now)
+
+    def _record_fallback(self, ok: bool) -> None:
+        self._series.fallbacks[0 if ok else 1] += 1
+        self._window.add(self._clock(), FALLBACK_OK if ok else FALLBACK_FAILED)
+
+    def _to_open(self, now: float) -> None:
+        self._state = _OPEN
+        self._gen += 1
+        self._opened_at = now
+        self._trial_busy = False
+        self._fast = False
+
+    def _to_closed(self) -> None:
+        self._state = _CLOSED
+        self._gen += 1
+        self._trial_busy = False
+        self._window.reset()
+        self._fast = not self._config.force_open
+
+    def _snapshot(self, now: float) -> CircuitStatistics:
+        w = self._window
+        w.advance(now)
+        t = w.totals
+        requests = w.requests
+        return CircuitStatistics(
+            requests=requests,
+            successes=t[SUCCESS],
+            failures=t[FAILURE],
+            timeouts=t[TIMEOUT],
+            rejections=t[REJECTED],
+            short_circuits=t[SHORT_CIRCUITED],
+            fallback_successes=t[FALLBACK_OK],
+            fallback_failures=t[FALLBACK_FAILED],
+            error_percent=100.0 * (requests - t[SUCCESS]) / requests if requests else 0.0,
+        )
+
+    # -- worker threads for plain def ----------------------------------------------------------
+
+    def threads(self) -> ThreadPool:
+        pool = self._threads
+        if pool is None:
+            with self._lock:
+                if self._threads is None:
+                    self._threads = ThreadPool(self.name)
+                pool = self._threads
+        return pool

@@ -1,0 +1,325 @@
+"""Executing one call through a command: admission, timeout, outcome, fallback.
+
+Admission and completion are each one short critical section under the command's lock
+(see ``_circuit``). Between them the function runs with no lock held: a coroutine in the
+caller's task under a real cancel scope, anything else in a worker thread. Whatever ends a
+call (result, exception, timeout, cancellation, ``BaseException``) its slot is given back
+exactly once: by the caller for coroutines, and by whichever of caller and worker thread
+finishes last for threaded calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
+from sniffio import current_async_library_cvar as _sniffio_cvar
+from sniffio import thread_local as _sniffio_local
+
+from ._circuit import CANCELLED, IGNORED, Circuit
+from ._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
+from ._rolling import FAILURE, SUCCESS, TIMEOUT
+
+__all__ = ["call_async", "call_coroutine", "call_sync"]
+
+Fallback = Callable[[BaseException], Any]
+
+_perf = time.perf_counter
+_asyncio_timeout = asyncio.timeout
+_REFUSED = (CircuitOpenError, MaxConcurrencyError)
+
+
+def _on_asyncio() -> bool:
+    # sniffio's own markers, read without its fallback probing: trio sets one of them.
+    return (_sniffio_local.name or _sniffio_cvar.get() or "asyncio") == "asyncio"
+
+
+def _kind_of(circ: Circuit, exc: BaseException) -> int:
+    ignore = circ._config.ignore_exceptions
+    if ignore and isinstance(exc, ignore):
+        return IGNORED
+    if isinstance(exc, Exception):
+        return FAILURE
+    return CANCELLED  # cancellation, KeyboardInterrupt, SystemExit, ...
+
+
+def _admit(circ: Circuit) -> int:
+    with circ._lock:
+        if circ._fast and circ._in_flight < circ._max:
+            circ._in_flight += 1
+            return circ._gen
+        return circ._admit_slow()
+
+
+def _finish(circ: Circuit, gen: int, kind: int, started: float, release: bool) -> None:
+    duration = None if kind == CANCELLED else _perf() - started
+    with circ._lock:
+        if release:
+            circ._in_flight -= 1
+        circ._record(gen, kind, duration)
+
+
+# -- coroutines -----------------------------------------------------------------------------------
+
+
+async def call_coroutine(
+    circ: Circuit,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fallback: Fallback | None,
+) -> Any:
+    """Run the coroutine function ``fn`` in the caller's task, through ``circ``."""
+    try:
+        with circ._lock:
+            if circ._fast and circ._in_flight < circ._max:
+                circ._in_flight += 1
+                gen = circ._gen
+            else:
+                gen = circ._admit_slow()
+    except _REFUSED as exc:
+        if fallback is None:
+            raise
+        return await _fallback_async(circ, fallback, exc)
+    timeout = circ._timeout
+    started = _perf()
+    try:
+        if timeout is None:
+            result = await fn(*args, **kwargs)
+        elif _on_asyncio():
+            try:
+                async with _asyncio_timeout(timeout) as scope:
+                    result = await fn(*args, **kwargs)
+            except TimeoutError:
+                if not scope.expired():
+                    raise  # the function's own TimeoutError
+                raise CommandTimeoutError(circ.name, timeout=timeout) from None
+        else:
+            result = await _in_cancel_scope(circ, fn, args, kwargs, timeout)
+    except BaseException as exc:
+        return await _failed_async(circ, gen, exc, started, fallback, release=True)
+    duration = _perf() - started
+    with circ._lock:
+        circ._in_flight -= 1
+        circ._calls[SUCCESS] += 1
+        circ._duration.observe(duration)
+        if circ._fast and gen == circ._gen:
+            # closed and current: count it; a success can never trip the circuit
+            circ._window.add(circ._clock(), SUCCESS)
+        else:
+            circ._record_window(gen, SUCCESS)
+    return result
+
+
+async def _in_cancel_scope(
+    circ: Circuit,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+) -> Any:
+    with anyio.move_on_after(timeout) as scope:
+        return await fn(*args, **kwargs)
+    if scope.cancelled_caught:
+        await checkpoint_if_cancelled()  # an outer cancellation wins over our deadline
+    raise CommandTimeoutError(circ.name, timeout=timeout)
+
+
+async def _failed_async(
+    circ: Circuit,
+    gen: int,
+    exc: BaseException,
+    started: float,
+    fallback: Fallback | None,
+    *,
+    release: bool,
+) -> Any:
+    kind = TIMEOUT if isinstance(exc, CommandTimeoutError) else _kind_of(circ, exc)
+    _finish(circ, gen, kind, started, release)
+    if fallback is None or kind >= IGNORED:
+        raise exc
+    return await _fallback_async(circ, fallback, exc)
+
+
+async def _fallback_async(circ: Circuit, fallback: Fallback, exc: BaseException) -> Any:
+    try:
+        value = fallback(exc)
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception:
+        with circ._lock:
+            circ._record_fallback(False)
+        raise
+    with circ._lock:
+        circ._record_fallback(True)
+    return value
+
+
+# -- threads, from async code ---------------------------------------------------------------------
+
+
+class _SharedSlot:
+    """A slot held by both the caller and a worker thread; freed when both let go."""
+
+    __slots__ = ("_circ", "_holders")
+
+    def __init__(self, circ: Circuit) -> None:
+        self._circ = circ
+        self._holders = 2
+
+    def drop(self, _: object = None) -> None:
+        circ = self._circ
+        with circ._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                circ._in_flight -= 1
+
+
+async def call_async(
+    circ: Circuit,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fallback: Fallback | None,
+) -> Any:
+    """Run a non-coroutine callable in a worker thread, awaiting it from async code."""
+    try:
+        gen = _admit(circ)
+    except _REFUSED as exc:
+        if fallback is None:
+            raise
+        return await _fallback_async(circ, fallback, exc)
+    slot = _SharedSlot(circ)
+    fut = _submit(circ, fn, args, kwargs, slot)
+    timeout = circ._timeout
+    started = _perf()
+    try:
+        try:
+            if timeout is None:
+                result = await _thread_result(fut)
+            elif _on_asyncio():
+                try:
+                    async with _asyncio_timeout(timeout) as scope:
+                        result = await _thread_result(fut)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise CommandTimeoutError(circ.name, timeout=timeout) from None
+            else:
+                result = await _in_cancel_scope(circ, _thread_result, (fut,), {}, timeout)
+        finally:
+            slot.drop()
+    except BaseException as exc:
+        return await _failed_async(circ, gen, exc, started, fallback, release=False)
+    _finish(circ, gen, SUCCESS, started, release=False)
+    return result
+
+
+def _submit(circ: Circuit, fn: Callable[..., Any], args: tuple[Any, ...],
+            kwargs: dict[str, Any], slot: _SharedSlot) -> Future[Any]:
+    try:
+        if kwargs:
+            fut = circ.threads().submit(partial(fn, *args, **kwargs), ())
+        else:
+            fut = circ.threads().submit(fn, args)
+    except BaseException:
+        slot.drop()
+        slot.drop()
+        raise
+    fut.add_done_callback(slot.drop)
+    return fut
+
+
+async def _thread_result(fut: Future[Any]) -> Any:
+    """Wait for a worker thread's result; then await it if it is awaitable."""
+    if _on_asyncio():
+        result = await asyncio.wrap_future(fut)
+    else:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: object) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut.add_done_callback(wake)
+        await done.wait()
+        result = fut.result()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+# -- threads, from sync code -----------------------------------------------------------------------
+
+
+def call_sync(
+    circ: Circuit,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fallback: Fallback | None,
+) -> Any:
+    """Run ``fn`` in a worker thread and wait for it here, under the command's timeout."""
+    try:
+        gen = _admit(circ)
+    except _REFUSED as exc:
+        if fallback is None:
+            raise
+        return _fallback_sync(circ, fallback, exc)
+    slot = _SharedSlot(circ)
+    fut = _submit(circ, fn, args, kwargs, slot)
+    timeout = circ._timeout
+    started = _perf()
+    try:
+        try:
+            error = fut.exception(timeout)  # TimeoutError only while still running
+        finally:
+            slot.drop()
+    except TimeoutError:
+        assert timeout is not None
+        error = CommandTimeoutError(circ.name, timeout=timeout)
+        kind = TIMEOUT
+    except BaseException:  # e.g. KeyboardInterrupt while waiting: not our failure
+        _finish(circ, gen, CANCELLED, started, release=False)
+        raise
+    else:
+        if error is None:
+            _finish(circ, gen, SUCCESS, started, release=False)
+            return fut.result()
+        kind = _kind_of(circ, error)
+    _finish(circ, gen, kind, started, release=False)
+    if fallback is None or kind >= IGNORED:
+        raise error
+    return _fallback_sync(circ, fallback, error)
+
+
+def _fallback_sync(circ: Circuit, fallback: Fallback, exc: BaseException) -> Any:
+    try:
+        value = fallback(exc)
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()
+            raise TypeError(
+                f"command {circ.name!r}: the fallback of a sync call returned an awaitable; "
+                "use a plain function as fallback for plain def commands"
+            )
+    except Exception:
+        with circ._lock:
+            circ._record_fallback(False)
+        raise
+    with circ._lock:
+        circ._record_fallback(True)
+    return value
+

@@ -1,0 +1,203 @@
+"""Commands by name: configuration, circuits, the decorator, ``run`` and ``run_sync``.
+
+A module-level default registry backs ``resilience.command``, ``resilience.run`` and friends;
+``Registry(metrics_registry=..., clock=...)`` gives an isolated one (tests, multi-tenant apps).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, ParamSpec, TypeVar, overload
+
+from prometheus_client import CollectorRegistry
+
+from ._circuit import Circuit
+from ._command import Fallback, call_async, call_coroutine, call_sync
+from ._config import CommandConfig
+from ._exporter import Hub
+
+__all__ = ["CommandDecorator", "Registry"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"command name must be a non-empty str, got {name!r}")
+    return name
+
+
+def _check_fallback(fallback: object) -> None:
+    if fallback is not None and not callable(fallback):
+        raise TypeError(f"fallback must be callable or None, got {fallback!r}")
+
+
+class Registry:
+    """An isolated set of commands, exporting to one prometheus-client registry.
+
+    ``metrics_registry`` defaults to prometheus-client's default registry; ``clock`` is a
+    zero-argument callable returning monotonic seconds, driving sleep windows, the rolling
+    window and ``retry_after`` (timeouts always use real time).
+    """
+
+    def __init__(
+        self,
+        metrics_registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
+        self._hub = Hub.of(metrics_registry)
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._circuits: dict[str, Circuit] = {}
+        self._lock = threading.Lock()
+
+    def get_circuit(self, name: str) -> Circuit:
+        """The circuit of ``name`` (created closed and empty if never used)."""
+        circuit = self._circuits.get(name)
+        if circuit is None:
+            _check_name(name)
+            with self._lock:
+                circuit = self._circuits.get(name)
+                if circuit is None:
+                    series = self._hub.command(name)
+                    circuit = Circuit(name, CommandConfig(), series, self._clock)
+                    self._circuits[name] = circuit
+        return circuit
+
+    def configure_command(
+        self, name: str, config: CommandConfig | None = None, /, **changes: Any
+    ) -> CommandConfig:
+        """Set ``name``'s configuration and return it.
+
+        Keywords change only the fields given; a ``CommandConfig`` replaces the whole config.
+        Takes effect for the next call; circuit state and statistics are kept.
+        """
+        _check_name(name)
+        if config is not None:
+            if changes:
+                raise TypeError("pass either a CommandConfig or keyword changes, not both")
+            if not isinstance(config, CommandConfig):
+                raise TypeError(f"config must be a CommandConfig, got {config!r}")
+            new = config
+        else:
+            # Validate before touching the registry, so bad input creates nothing.
+            CommandConfig().replace(**changes)
+            new = self.get_circuit(name).config.replace(**changes)
+        self.get_circuit(name).configure(new)
+        return new
+
+    def configure(self, configs: Mapping[str, CommandConfig]) -> None:
+        """Replace the configuration of several commands at once (all checked first)."""
+        if not isinstance(configs, Mapping):
+            raise TypeError(
+                f"configure() takes a mapping of name -> CommandConfig, got {configs!r}"
+            )
+        for name, config in configs.items():
+            _check_name(name)
+            if not isinstance(config, CommandConfig):
+                raise TypeError(
+                    f"config of command {name!r} must be a CommandConfig, got {config!r}"
+                )
+        for name, config in configs.items():
+            self.get_circuit(name).configure(config)
+
+    def flush(self) -> None:
+        """Forget every circuit's state and rolling statistics (configurations stay)."""
+        for circuit in list(self._circuits.values()):
+            circuit.flush()
+
+    def command(
+        self, name: str, *, fallback: Fallback | None = None, **config: Any
+    ) -> CommandDecorator:
+        """Decorate an ``async def`` or a plain ``def`` so every call goes through ``name``.
+
+        Keyword arguments other than ``fallback`` configure the command, exactly like
+        ``configure_command(name, **config)`` at decoration time.
+        """
+        _check_name(name)
+        _check_fallback(fallback)
+        if config:
+            self.configure_command(name, **config)
+        return CommandDecorator(self.get_circuit(name), fallback)
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        fallback: Fallback | None = None,
+    ) -> Any:
+        """Call ``fn(*args)`` through command ``name``; use ``functools.partial`` for keywords.
+
+        Coroutine functions run in this task; any other callable runs in a worker thread (an
+        awaitable it returns is awaited here, under the same deadline).
+        """
+        circuit = self._circuits.get(name) or self.get_circuit(name)
+        if inspect.iscoroutinefunction(fn):
+            return await call_coroutine(circuit, fn, args, {}, fallback)
+        if not callable(fn):
+            raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
+        return await call_async(circuit, fn, args, {}, fallback)
+
+    def run_sync(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        fallback: Callable[[BaseException], T] | None = None,
+    ) -> T:
+        """Call the plain function ``fn(*args)`` through command ``name`` from sync code."""
+        circuit = self._circuits.get(name) or self.get_circuit(name)
+        if not callable(fn):
+            raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
+        result: T = call_sync(circuit, fn, args, {}, fallback)
+        return result
+
+
+class CommandDecorator:
+    """What ``command(name)`` returns: applies the command to a function."""
+
+    def __init__(self, circuit: Circuit, fallback: Fallback | None) -> None:
+        self._circuit = circuit
+        self._fallback = fallback
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        circuit = self._circuit
+        fallback = self._fallback
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await call_coroutine(circuit, fn, args, kwargs, fallback)
+
+            return async_wrapper
+        if not callable(fn):
+            raise TypeError(f"@command({circuit.name!r}) needs a function, got {fn!r}")
+        if fallback is not None and inspect.iscoroutinefunction(fallback):
+            raise TypeError(
+                f"@command({circuit.name!r}): a plain def needs a plain fallback, "
+                f"got the coroutine function {fallback!r}"
+            )
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return call_sync(circuit, fn, args, kwargs, fallback)
+
+        return sync_wrapper
+
+
+default_registry = Registry()
