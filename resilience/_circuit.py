@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ._config import CommandConfig
-from ._errors import CircuitOpenError, MaxConcurrencyError
+from ._errors import CircuitOpenError, CommandError, MaxConcurrencyError, _new_exception
 from ._exporter import CommandSeries
 from ._rolling import (
     FAILURE,
@@ -65,6 +65,12 @@ class CircuitStatistics:
 class Circuit:
     """State, rolling statistics and concurrency slots of one command in one registry."""
 
+    __slots__ = (
+        "__weakref__", "_calls", "_clock", "_config", "_duration", "_fast", "_gen",
+        "_in_flight", "_lock", "_max", "_now", "_opened_at", "_real_clock", "_series",
+        "_state", "_threads", "_timeout", "_trial_at", "_trial_busy", "_window", "name",
+    )
+
     def __init__(
         self,
         name: str,
@@ -79,6 +85,8 @@ class Circuit:
         self._duration = series.duration
         self._clock = clock
         self._real_clock = clock is time.monotonic
+        # Durations always use real time; with the real clock one reading serves both.
+        self._now: Callable[[], float] = clock if self._real_clock else time.perf_counter
         self._state = _CLOSED
         self._gen = 0
         self._in_flight = 0
@@ -152,20 +160,23 @@ class Circuit:
 
     # -- admission (lock held) ------------------------------------------------------------------
 
-    def _admit_slow(self) -> int:
-        """Admit a call that missed the fast path; return its generation or raise."""
+    def _admit_slow(self) -> tuple[int, CommandError | None]:
+        """Admit a call that missed the fast path: ``(generation, None)`` or a refusal.
+
+        The refusal is returned, not raised, so the caller raises it once, from its own frame.
+        """
         cfg = self._config
         if cfg.force_open:
-            self._short_circuit(None)
+            return 0, self._short_circuit(None)
         trial = False
         if self._state != _CLOSED:
             now = self._clock()
             sw = cfg.sleep_window
             if self._state == _OPEN:
                 if now - self._opened_at < sw:
-                    self._short_circuit(self._opened_at + sw - now)
+                    return 0, self._short_circuit(self._opened_at + sw - now)
             elif self._trial_busy and now - self._trial_at < sw:
-                self._short_circuit(self._trial_at + sw - now)
+                return 0, self._short_circuit(self._trial_at + sw - now)
             # A trial: the first call after the sleep window, or after a trial that ended
             # without a verdict, or one more sleep window after a trial that still hangs.
             trial = True
@@ -179,19 +190,26 @@ class Circuit:
                 self._trial_busy = False  # give the trial permit back at once
             self._calls[REJECTED] += 1
             self._record_window(self._gen, REJECTED)
-            raise MaxConcurrencyError(self.name, limit=self._max)
+            return 0, MaxConcurrencyError(self.name, limit=self._max)
         self._in_flight += 1
-        return self._gen
+        return self._gen, None
 
-    def _short_circuit(self, retry_after: float | None) -> None:
-        now = self._clock()
+    def _short_circuit(self, retry_after: float | None) -> CircuitOpenError:
+        # The fast-fail path: counters bumped inline, the error built without __init__.
         self._calls[SHORT_CIRCUITED] += 1
-        self._window.add(now, SHORT_CIRCUITED)
-        raise CircuitOpenError(
+        w = self._window
+        now = self._clock()
+        if now >= w.end:
+            w.advance(now)
+        w.bucket[SHORT_CIRCUITED] += 1
+        w.totals[SHORT_CIRCUITED] += 1
+        exc = _new_exception(CircuitOpenError, self.name)
+        exc._info = (
             self.name,
-            retry_after=None if retry_after is None else max(0.0, retry_after),
-            statistics=self._snapshot(now),
+            None if retry_after is None else max(retry_after, 0.0),
+            tuple(w.totals),
         )
+        return exc
 
     # -- completion (lock held) -------------------------------------------------------------------
 
@@ -250,21 +268,8 @@ class Circuit:
         self._fast = not self._config.force_open
 
     def _snapshot(self, now: float) -> CircuitStatistics:
-        w = self._window
-        w.advance(now)
-        t = w.totals
-        requests = w.requests
-        return CircuitStatistics(
-            requests=requests,
-            successes=t[SUCCESS],
-            failures=t[FAILURE],
-            timeouts=t[TIMEOUT],
-            rejections=t[REJECTED],
-            short_circuits=t[SHORT_CIRCUITED],
-            fallback_successes=t[FALLBACK_OK],
-            fallback_failures=t[FALLBACK_FAILED],
-            error_percent=100.0 * (requests - t[SUCCESS]) / requests if requests else 0.0,
-        )
+        self._window.advance(now)
+        return _statistics(self._window.totals)
 
     # -- worker threads for plain def ----------------------------------------------------------
 
@@ -276,3 +281,18 @@ class Circuit:
                     self._threads = ThreadPool(self.name)
                 pool = self._threads
         return pool
+
+
+def _statistics(t: Sequence[int]) -> CircuitStatistics:
+    requests = t[SUCCESS] + t[FAILURE] + t[TIMEOUT] + t[REJECTED]
+    return CircuitStatistics(
+        requests=requests,
+        successes=t[SUCCESS],
+        failures=t[FAILURE],
+        timeouts=t[TIMEOUT],
+        rejections=t[REJECTED],
+        short_circuits=t[SHORT_CIRCUITED],
+        fallback_successes=t[FALLBACK_OK],
+        fallback_failures=t[FALLBACK_FAILED],
+        error_percent=100.0 * (requests - t[SUCCESS]) / requests if requests else 0.0,
+    )

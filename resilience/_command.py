@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from collections.abc import Awaitable, Callable
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -27,13 +27,12 @@ from ._circuit import CANCELLED, IGNORED, Circuit
 from ._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
 from ._rolling import FAILURE, SUCCESS, TIMEOUT
 
-__all__ = ["call_async", "call_coroutine", "call_sync"]
+__all__ = ["call_async", "call_sync", "coroutine_caller"]
 
 Fallback = Callable[[BaseException], Any]
 
-_perf = time.perf_counter
 _asyncio_timeout = asyncio.timeout
-_REFUSED = (CircuitOpenError, MaxConcurrencyError)
+_REFUSED = (CircuitOpenError, MaxConcurrencyError)  # what _admit raises
 
 
 def _on_asyncio() -> bool:
@@ -51,15 +50,16 @@ def _kind_of(circ: Circuit, exc: BaseException) -> int:
 
 
 def _admit(circ: Circuit) -> int:
+    """Take a slot or raise the refusal (the threaded paths, where a frame is cheap)."""
     with circ._lock:
-        if circ._fast and circ._in_flight < circ._max:
-            circ._in_flight += 1
-            return circ._gen
-        return circ._admit_slow()
+        gen, refused = circ._admit_slow()
+    if refused is not None:
+        raise refused
+    return gen
 
 
 def _finish(circ: Circuit, gen: int, kind: int, started: float, release: bool) -> None:
-    duration = None if kind == CANCELLED else _perf() - started
+    duration = None if kind == CANCELLED else circ._now() - started
     with circ._lock:
         if release:
             circ._in_flight -= 1
@@ -69,53 +69,68 @@ def _finish(circ: Circuit, gen: int, kind: int, started: float, release: bool) -
 # -- coroutines -----------------------------------------------------------------------------------
 
 
-async def call_coroutine(
-    circ: Circuit,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    fallback: Fallback | None,
-) -> Any:
-    """Run the coroutine function ``fn`` in the caller's task, through ``circ``."""
-    try:
-        with circ._lock:
+def coroutine_caller(
+    circ: Circuit, fn: Callable[..., Awaitable[Any]], fallback: Fallback | None
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """An ``async def`` that runs ``fn`` in the caller's task through ``circ``.
+
+    This is the hot path, so the common case (closed circuit, free slot, success) is written
+    out in one frame; every other case leaves it through a helper.
+    """
+    lock = circ._lock
+    calls = circ._calls
+    hist = circ._duration
+    bounds, counts = hist.bounds, hist.counts
+    name = circ.name
+    real_clock = circ._real_clock
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        with lock:
             if circ._fast and circ._in_flight < circ._max:
                 circ._in_flight += 1
                 gen = circ._gen
+                refused = None
             else:
-                gen = circ._admit_slow()
-    except _REFUSED as exc:
-        if fallback is None:
-            raise
-        return await _fallback_async(circ, fallback, exc)
-    timeout = circ._timeout
-    started = _perf()
-    try:
-        if timeout is None:
-            result = await fn(*args, **kwargs)
-        elif _on_asyncio():
-            try:
-                async with _asyncio_timeout(timeout) as scope:
-                    result = await fn(*args, **kwargs)
-            except TimeoutError:
-                if not scope.expired():
-                    raise  # the function's own TimeoutError
-                raise CommandTimeoutError(circ.name, timeout=timeout) from None
-        else:
-            result = await _in_cancel_scope(circ, fn, args, kwargs, timeout)
-    except BaseException as exc:
-        return await _failed_async(circ, gen, exc, started, fallback, release=True)
-    duration = _perf() - started
-    with circ._lock:
-        circ._in_flight -= 1
-        circ._calls[SUCCESS] += 1
-        circ._duration.observe(duration)
-        if circ._fast and gen == circ._gen:
-            # closed and current: count it; a success can never trip the circuit
-            circ._window.add(circ._clock(), SUCCESS)
-        else:
-            circ._record_window(gen, SUCCESS)
-    return result
+                gen, refused = circ._admit_slow()
+        if refused is not None:
+            if fallback is None:
+                raise refused
+            return await _fallback_async(circ, fallback, refused)
+        timeout = circ._timeout
+        now = circ._now
+        started = now()
+        try:
+            if timeout is None:
+                result = await fn(*args, **kwargs)
+            elif _on_asyncio():
+                try:
+                    async with _asyncio_timeout(timeout) as scope:
+                        result = await fn(*args, **kwargs)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise  # the function's own TimeoutError
+                    raise CommandTimeoutError(name, timeout=timeout) from None
+            else:
+                result = await _in_cancel_scope(circ, fn, args, kwargs, timeout)
+        except BaseException as exc:
+            return await _failed_async(circ, gen, exc, started, fallback, release=True)
+        ended = now()
+        duration = ended - started
+        with lock:
+            circ._in_flight -= 1
+            calls[SUCCESS] += 1
+            counts[bisect_left(bounds, duration)] += 1
+            hist.sum += duration
+            window = circ._window
+            if ended < window.end and gen == circ._gen and circ._fast and real_clock:
+                # closed, current, same bucket: count it (a success can never trip)
+                window.bucket[SUCCESS] += 1
+                window.totals[SUCCESS] += 1
+            else:
+                circ._record_window(gen, SUCCESS)
+        return result
+
+    return call
 
 
 async def _in_cancel_scope(
@@ -199,7 +214,7 @@ async def call_async(
     slot = _SharedSlot(circ)
     fut = _submit(circ, fn, args, kwargs, slot)
     timeout = circ._timeout
-    started = _perf()
+    started = circ._now()
     try:
         try:
             if timeout is None:
@@ -281,7 +296,7 @@ def call_sync(
     slot = _SharedSlot(circ)
     fut = _submit(circ, fn, args, kwargs, slot)
     timeout = circ._timeout
-    started = _perf()
+    started = circ._now()
     try:
         try:
             error = fut.exception(timeout)  # TimeoutError only while still running

@@ -7,7 +7,7 @@ Exceptions raised by *your* functions are never wrapped: they reach you unchange
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -45,6 +45,10 @@ class CircuitOpenError(CommandError):
     circuit is forced open); ``statistics`` is the rolling-window snapshot that explains why.
     """
 
+    # Raised on the fast-fail path: one slot holds (command, retry_after, statistics), and the
+    # statistics object and the message are built only when somebody looks.
+    __slots__ = ("_info",)
+
     def __init__(
         self,
         command: str,
@@ -52,14 +56,47 @@ class CircuitOpenError(CommandError):
         retry_after: float | None,
         statistics: CircuitStatistics,
     ) -> None:
-        detail = "forced open" if retry_after is None else f"retry after {retry_after:.3f}s"
-        super().__init__(
-            f"circuit of command {command!r} is open ({detail}; "
-            f"error rate {statistics.error_percent:.1f}% over {statistics.requests} requests)",
-            command=command,
+        Exception.__init__(self, command)
+        self._info: tuple[str, float | None, Any] = (command, retry_after, statistics)
+
+    @property
+    def command(self) -> str:  # type: ignore[override]
+        return self._info[0]
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._info[1]
+
+    @property
+    def statistics(self) -> CircuitStatistics:
+        command, retry_after, stats = self._info
+        if isinstance(stats, tuple):
+            from ._circuit import _statistics
+
+            stats = _statistics(stats)
+            self._info = (command, retry_after, stats)
+        return stats  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        after = self.retry_after
+        detail = "forced open" if after is None else f"retry after {after:.3f}s"
+        stats = self.statistics
+        return (
+            f"circuit of command {self.command!r} is open ({detail}; "
+            f"error rate {stats.error_percent:.1f}% over {stats.requests} requests)"
         )
-        self.retry_after = retry_after
-        self.statistics = statistics
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_open, (self.command, self.retry_after, self.statistics))
+
+
+_new_exception = Exception.__new__
+
+
+def _rebuild_open(
+    command: str, retry_after: float | None, statistics: CircuitStatistics
+) -> CircuitOpenError:
+    return CircuitOpenError(command, retry_after=retry_after, statistics=statistics)
 
 
 class MaxConcurrencyError(CommandError):

@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from prometheus_client import CollectorRegistry
 
 from ._circuit import Circuit
-from ._command import Fallback, call_async, call_coroutine, call_sync
+from ._command import Fallback, call_async, call_sync, coroutine_caller
 from ._config import CommandConfig
 from ._exporter import Hub
 
@@ -140,7 +140,7 @@ class Registry:
         """
         circuit = self._circuits.get(name) or self.get_circuit(name)
         if inspect.iscoroutinefunction(fn):
-            return await call_coroutine(circuit, fn, args, {}, fallback)
+            return await coroutine_caller(circuit, fn, fallback)(*args)
         if not callable(fn):
             raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
         return await call_async(circuit, fn, args, {}, fallback)
@@ -180,11 +180,7 @@ class CommandDecorator:
         fallback = self._fallback
         if inspect.iscoroutinefunction(fn):
 
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await call_coroutine(circuit, fn, args, kwargs, fallback)
-
-            return async_wrapper
+            return functools.wraps(fn)(coroutine_caller(circuit, fn, fallback))
         if not callable(fn):
             raise TypeError(f"@command({circuit.name!r}) needs a function, got {fn!r}")
         if fallback is not None and inspect.iscoroutinefunction(fallback):

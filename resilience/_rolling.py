@@ -18,21 +18,25 @@ KINDS = 7
 class RollingWindow:
     """Counts of each kind over the last ``length`` seconds (bucket-granular)."""
 
-    __slots__ = ("_counts", "_current", "_inv_width", "_n", "totals")
+    __slots__ = ("_counts", "_current", "_inv_width", "_n", "_width", "bucket", "end", "totals")
 
     def __init__(self, length: float, buckets: int) -> None:
         self._n = buckets
+        self._width = length / buckets
         self._inv_width = buckets / length
         self._counts = [[0] * KINDS for _ in range(buckets)]
         self.totals = [0] * KINDS
         self._current: int | None = None
+        #: The newest bucket and the time it ends: a caller that has ``now < end`` may count
+        #: straight into ``bucket`` and ``totals`` (the hot path's shortcut around ``add``).
+        self.bucket = self._counts[0]
+        self.end = -float("inf")
 
     def add(self, now: float, kind: int) -> None:
         """Count one event of ``kind`` at time ``now``."""
-        idx = floor(now * self._inv_width)
-        if idx != self._current:
-            self._roll(idx)
-        self._counts[self._current % self._n][kind] += 1  # type: ignore[operator]
+        if now >= self.end:
+            self.advance(now)
+        self.bucket[kind] += 1
         self.totals[kind] += 1
 
     def advance(self, now: float) -> None:
@@ -40,12 +44,17 @@ class RollingWindow:
         idx = floor(now * self._inv_width)
         if idx != self._current:
             self._roll(idx)
+            cur = self._current
+            assert cur is not None
+            self.bucket = self._counts[cur % self._n]
+            self.end = (cur + 1) * self._width
 
     def reset(self) -> None:
         for bucket in self._counts:
             bucket[:] = [0] * KINDS
         self.totals[:] = [0] * KINDS
         self._current = None
+        self.end = -float("inf")
 
     def _roll(self, idx: int) -> None:
         cur = self._current
