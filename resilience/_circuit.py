@@ -25,6 +25,7 @@ from ._rolling import (
     SUCCESS,
     TIMEOUT,
     RollingWindow,
+    requests_of,
 )
 from ._threads import ThreadPool
 
@@ -67,7 +68,7 @@ class Circuit:
 
     __slots__ = (
         "__weakref__", "_calls", "_clock", "_config", "_duration", "_fast", "_gen",
-        "_in_flight", "_lock", "_max", "_now", "_opened_at", "_real_clock", "_series",
+        "_in_flight", "_lock", "_max", "_volume", "_now", "_opened_at", "_real_clock", "_series",
         "_state", "_threads", "_timeout", "_trial_at", "_trial_busy", "_window", "name",
     )
 
@@ -126,10 +127,9 @@ class Circuit:
 
     def error_ratio(self) -> float:
         """Rolling error ratio 0..1 (read by the metrics hub with the lock held)."""
-        w = self._window
-        w.advance(self._clock())
-        requests = w.requests
-        return (requests - w.totals[SUCCESS]) / requests if requests else 0.0
+        t = self._window.totals_at(self._clock())
+        requests = requests_of(t)
+        return (requests - t[SUCCESS]) / requests if requests else 0.0
 
     def __repr__(self) -> str:
         return f"<Circuit {self.name!r} {self.state.value} in_flight={self._in_flight}>"
@@ -145,6 +145,7 @@ class Circuit:
             if config.force_closed and self._state != _CLOSED:
                 self._to_closed()
             self._apply(config)
+            self._window.invalidate()  # the next outcome re-evaluates health in full
 
     def flush(self) -> None:
         """Forget state and rolling statistics; in-flight calls become stale."""
@@ -155,6 +156,7 @@ class Circuit:
     def _apply(self, config: CommandConfig) -> None:
         # Cached for the hot path (lock held).
         self._max = config.max_concurrent_requests
+        self._volume = config.request_volume_threshold
         self._timeout = config.timeout
         self._fast = self._state == _CLOSED and not config.force_open
 
@@ -199,10 +201,7 @@ class Circuit:
         self._calls[SHORT_CIRCUITED] += 1
         w = self._window
         now = self._clock()
-        if now >= w.end:
-            w.advance(now)
-        w.bucket[SHORT_CIRCUITED] += 1
-        w.totals[SHORT_CIRCUITED] += 1
+        w.add(now, SHORT_CIRCUITED)
         exc = _new_exception(CircuitOpenError, self.name)
         exc._info = (
             self.name,
@@ -229,18 +228,8 @@ class Circuit:
         state = self._state
         if state == _CLOSED:
             now = self._clock()
-            w = self._window
-            w.add(now, kind)
-            if kind != SUCCESS and not self._config.force_closed:
-                requests = w.requests
-                cfg = self._config
-                if (
-                    requests
-                    and requests >= cfg.request_volume_threshold
-                    and 100 * (requests - w.totals[SUCCESS])
-                    >= cfg.error_percent_threshold * requests
-                ):
-                    self._to_open(now)
+            self._window.add(now, kind)
+            self.check_health(now)
         elif state == _HALF_OPEN:
             if kind == SUCCESS:
                 self._to_closed()
@@ -248,6 +237,19 @@ class Circuit:
                 now = self._clock()
                 self._window.add(now, kind)
                 self._to_open(now)
+
+    def check_health(self, now: float) -> None:
+        """Closed -> open when the volume and error-percentage thresholds are both met."""
+        w = self._window
+        requests = w.requests
+        cfg = self._config
+        if (
+            requests
+            and requests >= cfg.request_volume_threshold
+            and 100 * (requests - w.totals[SUCCESS]) >= cfg.error_percent_threshold * requests
+            and not cfg.force_closed
+        ):
+            self._to_open(now)
 
     def _record_fallback(self, ok: bool) -> None:
         self._series.fallbacks[0 if ok else 1] += 1
@@ -268,8 +270,7 @@ class Circuit:
         self._fast = not self._config.force_open
 
     def _snapshot(self, now: float) -> CircuitStatistics:
-        self._window.advance(now)
-        return _statistics(self._window.totals)
+        return _statistics(self._window.totals_at(now))
 
     # -- worker threads for plain def ----------------------------------------------------------
 
@@ -284,7 +285,7 @@ class Circuit:
 
 
 def _statistics(t: Sequence[int]) -> CircuitStatistics:
-    requests = t[SUCCESS] + t[FAILURE] + t[TIMEOUT] + t[REJECTED]
+    requests = requests_of(t)
     return CircuitStatistics(
         requests=requests,
         successes=t[SUCCESS],

@@ -123,9 +123,13 @@ def coroutine_caller(
             hist.sum += duration
             window = circ._window
             if ended < window.end and gen == circ._gen and circ._fast and real_clock:
-                # closed, current, same bucket: count it (a success can never trip)
+                # Closed, current, same bucket as the last evaluated outcome: a success lowers
+                # the error rate, so health can only change when it completes the volume.
                 window.bucket[SUCCESS] += 1
                 window.totals[SUCCESS] += 1
+                requests = window.requests = window.requests + 1
+                if requests == circ._volume:
+                    circ.check_health(ended)
             else:
                 circ._record_window(gen, SUCCESS)
         return result

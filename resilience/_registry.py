@@ -156,6 +156,11 @@ class Registry:
         circuit = self._circuits.get(name) or self.get_circuit(name)
         if not callable(fn):
             raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"command {name!r}: run_sync() needs a plain function, got the coroutine "
+                f"function {fn!r}; use 'await run(...)' from async code"
+            )
         result: T = call_sync(circuit, fn, args, {}, fallback)
         return result
 
