@@ -67,9 +67,10 @@ class Circuit:
     """State, rolling statistics and concurrency slots of one command in one registry."""
 
     __slots__ = (
-        "__weakref__", "_calls", "_clock", "_config", "_duration", "_fast", "_gen",
-        "_in_flight", "_lock", "_max", "_volume", "_now", "_opened_at", "_real_clock", "_series",
-        "_state", "_threads", "_timeout", "_trial_at", "_trial_busy", "_window", "name",
+        "__weakref__", "_calls", "_clock", "_config", "_duration", "_fast_gen", "_fast_limit",
+        "_gen", "_in_flight", "_lock", "_max", "_now", "_opened_at", "_real_clock", "_series",
+        "_state", "_threads", "_timeout", "_trial_at", "_trial_busy", "_volume", "_window",
+        "name",
     )
 
     def __init__(
@@ -154,36 +155,43 @@ class Circuit:
             self._apply(self._config)
 
     def _apply(self, config: CommandConfig) -> None:
-        # Cached for the hot path (lock held).
+        """Cache what the hot path reads (lock held); called after every state change."""
         self._max = config.max_concurrent_requests
         self._volume = config.request_volume_threshold
         self._timeout = config.timeout
-        self._fast = self._state == _CLOSED and not config.force_open
+        fast = self._state == _CLOSED and not config.force_open
+        # Admission: a free slot below this limit means "closed, not forced, admit".
+        self._fast_limit = self._max if fast else 0
+        # Completion: an outcome of this generation may take the counting shortcut.
+        self._fast_gen = self._gen if fast and self._real_clock else -1
 
     # -- admission (lock held) ------------------------------------------------------------------
 
-    def _admit_slow(self) -> tuple[int, CommandError | None]:
-        """Admit a call that missed the fast path: ``(generation, None)`` or a refusal.
+    def admit(self) -> int | CommandError:
+        """Admit one call: its generation, or the refusal to raise.
 
         The refusal is returned, not raised, so the caller raises it once, from its own frame.
         """
+        with self._lock:
+            return self._admit_locked()
+
+    def _admit_locked(self) -> int | CommandError:
         cfg = self._config
         if cfg.force_open:
-            return 0, self._short_circuit(None)
+            return self._short_circuit(None)
         trial = False
         if self._state != _CLOSED:
             now = self._clock()
             sw = cfg.sleep_window
             if self._state == _OPEN:
                 if now - self._opened_at < sw:
-                    return 0, self._short_circuit(self._opened_at + sw - now)
+                    return self._short_circuit(self._opened_at + sw - now)
             elif self._trial_busy and now - self._trial_at < sw:
-                return 0, self._short_circuit(self._trial_at + sw - now)
+                return self._short_circuit(self._trial_at + sw - now)
             # A trial: the first call after the sleep window, or after a trial that ended
             # without a verdict, or one more sleep window after a trial that still hangs.
             trial = True
             self._state = _HALF_OPEN
-            self._fast = False
             self._gen += 1
             self._trial_busy = True
             self._trial_at = now
@@ -192,9 +200,9 @@ class Circuit:
                 self._trial_busy = False  # give the trial permit back at once
             self._calls[REJECTED] += 1
             self._record_window(self._gen, REJECTED)
-            return 0, MaxConcurrencyError(self.name, limit=self._max)
+            return MaxConcurrencyError(self.name, limit=self._max)
         self._in_flight += 1
-        return self._gen, None
+        return self._gen
 
     def _short_circuit(self, retry_after: float | None) -> CircuitOpenError:
         # The fast-fail path: counters bumped inline, the error built without __init__.
@@ -260,14 +268,14 @@ class Circuit:
         self._gen += 1
         self._opened_at = now
         self._trial_busy = False
-        self._fast = False
+        self._apply(self._config)
 
     def _to_closed(self) -> None:
         self._state = _CLOSED
         self._gen += 1
         self._trial_busy = False
         self._window.reset()
-        self._fast = not self._config.force_open
+        self._apply(self._config)
 
     def _snapshot(self, now: float) -> CircuitStatistics:
         return _statistics(self._window.totals_at(now))

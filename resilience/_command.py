@@ -51,11 +51,10 @@ def _kind_of(circ: Circuit, exc: BaseException) -> int:
 
 def _admit(circ: Circuit) -> int:
     """Take a slot or raise the refusal (the threaded paths, where a frame is cheap)."""
-    with circ._lock:
-        gen, refused = circ._admit_slow()
-    if refused is not None:
-        raise refused
-    return gen
+    admitted = circ.admit()
+    if isinstance(admitted, BaseException):
+        raise admitted
+    return admitted
 
 
 def _finish(circ: Circuit, gen: int, kind: int, started: float, release: bool) -> None:
@@ -75,27 +74,30 @@ def coroutine_caller(
     """An ``async def`` that runs ``fn`` in the caller's task through ``circ``.
 
     This is the hot path, so the common case (closed circuit, free slot, success) is written
-    out in one frame; every other case leaves it through a helper.
+    out in one frame, with literal indexes (0 = success) and the lock's own methods; every
+    other case leaves it through a helper. The two critical sections cannot raise (no user
+    code, no allocation beyond small objects), so they need no try/finally.
     """
-    lock = circ._lock
+    acquire = circ._lock.acquire
+    release = circ._lock.release
     calls = circ._calls
     hist = circ._duration
     bounds, counts = hist.bounds, hist.counts
-    name = circ.name
-    real_clock = circ._real_clock
 
     async def call(*args: Any, **kwargs: Any) -> Any:
-        with lock:
-            if circ._fast and circ._in_flight < circ._max:
-                circ._in_flight += 1
-                gen = circ._gen
-                refused = None
-            else:
-                gen, refused = circ._admit_slow()
-        if refused is not None:
-            if fallback is None:
-                raise refused
-            return await _fallback_async(circ, fallback, refused)
+        acquire()
+        if circ._in_flight < circ._fast_limit:  # closed, not forced, a slot free
+            circ._in_flight += 1
+            gen = circ._gen
+            release()
+        else:
+            release()
+            admitted = circ.admit()
+            if admitted.__class__ is not int:
+                if fallback is None:
+                    raise admitted  # type: ignore[misc]
+                return await _fallback_async(circ, fallback, admitted)  # type: ignore[arg-type]
+            gen = admitted  # type: ignore[assignment]
         timeout = circ._timeout
         now = circ._now
         started = now()
@@ -109,36 +111,46 @@ def coroutine_caller(
                 except TimeoutError:
                     if not scope.expired():
                         raise  # the function's own TimeoutError
-                    raise CommandTimeoutError(name, timeout=timeout) from None
+                    raise _Expired(timeout) from None
             else:
-                result = await _in_cancel_scope(circ, fn, args, kwargs, timeout)
+                result = await _in_cancel_scope(fn, args, kwargs, timeout)
         except BaseException as exc:
             return await _failed_async(circ, gen, exc, started, fallback, release=True)
         ended = now()
         duration = ended - started
-        with lock:
-            circ._in_flight -= 1
-            calls[SUCCESS] += 1
-            counts[bisect_left(bounds, duration)] += 1
-            hist.sum += duration
-            window = circ._window
-            if ended < window.end and gen == circ._gen and circ._fast and real_clock:
-                # Closed, current, same bucket as the last evaluated outcome: a success lowers
-                # the error rate, so health can only change when it completes the volume.
-                window.bucket[SUCCESS] += 1
-                window.totals[SUCCESS] += 1
-                requests = window.requests = window.requests + 1
-                if requests == circ._volume:
-                    circ.check_health(ended)
-            else:
+        acquire()
+        circ._in_flight -= 1
+        calls[0] += 1
+        counts[bisect_left(bounds, duration)] += 1
+        hist.sum += duration
+        window = circ._window
+        if ended < window.end and gen == circ._fast_gen:
+            # Closed, current, same bucket as the last evaluated outcome: a success lowers
+            # the error rate, so health can only change when it completes the volume.
+            window.bucket[0] += 1
+            window.totals[0] += 1
+            requests = window.requests = window.requests + 1
+            if requests == circ._volume:
+                circ.check_health(ended)
+            release()
+        else:
+            try:
                 circ._record_window(gen, SUCCESS)
+            finally:
+                release()
         return result
 
     return call
 
 
+class _Expired(Exception):
+    """Our own deadline passed (a CommandTimeoutError from a nested command is not ours)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+
 async def _in_cancel_scope(
-    circ: Circuit,
     fn: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -148,7 +160,7 @@ async def _in_cancel_scope(
         return await fn(*args, **kwargs)
     if scope.cancelled_caught:
         await checkpoint_if_cancelled()  # an outer cancellation wins over our deadline
-    raise CommandTimeoutError(circ.name, timeout=timeout)
+    raise _Expired(timeout)
 
 
 async def _failed_async(
@@ -160,7 +172,13 @@ async def _failed_async(
     *,
     release: bool,
 ) -> Any:
-    kind = TIMEOUT if isinstance(exc, CommandTimeoutError) else _kind_of(circ, exc)
+    if isinstance(exc, _Expired):
+        _finish(circ, gen, TIMEOUT, started, release)
+        error = CommandTimeoutError(circ.name, timeout=exc.timeout)
+        if fallback is None:
+            raise error from None
+        return await _fallback_async(circ, fallback, error)
+    kind = _kind_of(circ, exc)
     _finish(circ, gen, kind, started, release)
     if fallback is None or kind >= IGNORED:
         raise exc
@@ -230,9 +248,9 @@ async def call_async(
                 except TimeoutError:
                     if not scope.expired():
                         raise
-                    raise CommandTimeoutError(circ.name, timeout=timeout) from None
+                    raise _Expired(timeout) from None
             else:
-                result = await _in_cancel_scope(circ, _thread_result, (fut,), {}, timeout)
+                result = await _in_cancel_scope(_thread_result, (fut,), {}, timeout)
         finally:
             slot.drop()
     except BaseException as exc:

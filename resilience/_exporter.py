@@ -14,8 +14,9 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple, Protocol, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -27,6 +28,10 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 __all__ = ["CommandSeries", "Histogram", "Hub", "PoolSeries", "TLSSeries"]
+
+#: Default cap on distinct names of one kind (commands, pools or TLS servers) per hub: names may
+#: be built from input by mistake, and every name costs Prometheus dozens of series.
+DEFAULT_MAX_NAMES = 1000
 
 #: Default latency buckets (prometheus-client's defaults), in seconds.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -59,13 +64,17 @@ class Histogram:
         self.sum += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        acc = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
-            acc += count
-            out.append((_fmt(bound), acc))
-        out.append(("+Inf", acc + self.counts[-1]))
-        return out
+        return _cumulative(self.bounds, self.counts)
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    acc = 0
+    for bound, count in zip(bounds, counts, strict=False):
+        acc += count
+        out.append((_fmt(bound), acc))
+    out.append(("+Inf", acc + counts[-1]))
+    return out
 
 
 def _fmt(bound: float) -> str:
@@ -140,17 +149,26 @@ class TLSSeries:
         self.servers: weakref.WeakSet[TLSGauges] = weakref.WeakSet()
 
 
+_S = TypeVar("_S", CommandSeries, PoolSeries, TLSSeries)
+
+
 class Hub(Collector):
-    """The one collector resilience registers on a ``CollectorRegistry``."""
+    """The one collector resilience registers on a ``CollectorRegistry``.
+
+    ``max_names`` caps the distinct names of each kind (a new name beyond it raises
+    ``ValueError``), so a name built from input cannot flood Prometheus with series.
+    """
 
     _hubs: weakref.WeakKeyDictionary[CollectorRegistry, Hub] = weakref.WeakKeyDictionary()
     _hubs_lock = threading.Lock()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.max_names = DEFAULT_MAX_NAMES
         self.commands: dict[str, CommandSeries] = {}
         self.pools: dict[str, PoolSeries] = {}
         self.tls: dict[str, TLSSeries] = {}
+        self._skip = threading.local()
 
     @classmethod
     def of(cls, registry: CollectorRegistry | None = None) -> Hub:
@@ -164,28 +182,53 @@ class Hub(Collector):
                     hub = cls()
                     reg.register(hub)
                     cls._hubs[reg] = hub
+                    from ._metrics_multiproc import hub_created  # imports this module
+
+                    hub_created(hub)
         return hub
 
+    @classmethod
+    def all(cls) -> list[Hub]:
+        """Every live hub (the multi-process flusher writes them all)."""
+        with cls._hubs_lock:
+            return list(cls._hubs.values())
+
     def command(self, name: str) -> CommandSeries:
-        series = self.commands.get(name)
-        if series is None:
-            with self._lock:
-                series = self.commands.setdefault(name, CommandSeries(name))
-        return series
+        return self.commands.get(name) or self._new(self.commands, name, CommandSeries, "command")
 
     def pool(self, name: str) -> PoolSeries:
-        series = self.pools.get(name)
-        if series is None:
-            with self._lock:
-                series = self.pools.setdefault(name, PoolSeries(name))
-        return series
+        return self.pools.get(name) or self._new(self.pools, name, PoolSeries, "pool")
 
     def tls_server(self, name: str) -> TLSSeries:
-        series = self.tls.get(name)
-        if series is None:
-            with self._lock:
-                series = self.tls.setdefault(name, TLSSeries(name))
-        return series
+        return self.tls.get(name) or self._new(self.tls, name, TLSSeries, "server")
+
+    def _new(self, table: dict[str, _S], name: str, factory: Callable[[str], _S], kind: str) -> _S:
+        with self._lock:
+            series = table.get(name)
+            if series is None:
+                if len(table) >= self.max_names:
+                    raise ValueError(
+                        f"resilience metrics: refusing new {kind} name {name!r}: this registry "
+                        f"already exports {len(table)} {kind} names, the limit is "
+                        f"{self.max_names} (resilience.metrics.set_max_names raises it)"
+                    )
+                series = table[name] = factory(name)
+            return series
+
+    def series(self) -> tuple[list[CommandSeries], list[PoolSeries], list[TLSSeries]]:
+        """Every series of this hub, by kind."""
+        with self._lock:
+            return list(self.commands.values()), list(self.pools.values()), list(self.tls.values())
+
+    @contextmanager
+    def skipped(self) -> Iterator[None]:
+        """In this block (this thread only) ``collect`` yields nothing: for a caller that
+        renders this hub's exposition text itself, faster than prometheus-client would."""
+        self._skip.on = True
+        try:
+            yield
+        finally:
+            self._skip.on = False
 
     # -- prometheus-client Collector protocol -------------------------------------------------
 
@@ -193,11 +236,10 @@ class Hub(Collector):
         return list(_families())
 
     def collect(self) -> Iterable[Metric]:
-        fam = dict(((m.name, m) for m in _families()))
-        with self._lock:
-            commands = list(self.commands.values())
-            pools = list(self.pools.values())
-            servers = list(self.tls.values())
+        if getattr(self._skip, "on", False):
+            return []
+        fam = dict((m.name, m) for m in _families())
+        commands, pools, servers = self.series()
         for c in commands:
             _collect_command(fam, c)
         for p in pools:
@@ -285,11 +327,43 @@ def _hist(fam: dict[str, Metric], name: str) -> HistogramMetricFamily:
     return m
 
 
-def _collect_command(fam: dict[str, Metric], s: CommandSeries) -> None:
+# -- snapshots: the one place that reads series (collect, fast text, multi-process flush) ------
+
+
+class CommandSnapshot(NamedTuple):
+    name: str
+    calls: list[int]
+    fallbacks: list[int]
+    duration: list[int]  # per-bucket (not cumulative) counts, +Inf last
+    duration_sum: float
+    in_flight: int
+    states: list[int]  # by CIRCUIT_STATES
+    error_ratio: float
+
+
+class PoolSnapshot(NamedTuple):
+    name: str
+    jobs: list[int]
+    queue_depth: int
+    workers_busy: int
+    job_duration: list[int]
+    job_duration_sum: float
+    queue_wait: list[int]
+    queue_wait_sum: float
+
+
+class TLSSnapshot(NamedTuple):
+    name: str
+    handshakes: list[int]
+    connections_active: int
+    certificate_expiry: float | None  # the soonest, the one to alert on
+
+
+def command_snapshot(s: CommandSeries) -> CommandSnapshot:
     with s.lock:
         calls = list(s.calls)
         fallbacks = list(s.fallbacks)
-        buckets = s.duration.buckets()
+        counts = list(s.duration.counts)
         total = s.duration.sum
         circuits = list(s.circuits)
         states = [0, 0, 0]
@@ -301,36 +375,21 @@ def _collect_command(fam: dict[str, Metric], s: CommandSeries) -> None:
             ratio = max(ratio, c.error_ratio())
     if not circuits:
         states[0] = 1  # a command nobody runs any more reads as closed and idle
-    name = s.name
-    for outcome, value in zip(CALL_OUTCOMES, calls, strict=True):
-        _counter(fam, "resilience_command_calls").add_metric([name, outcome], value)
-    for outcome, value in zip(FALLBACK_OUTCOMES, fallbacks, strict=True):
-        _counter(fam, "resilience_command_fallbacks").add_metric([name, outcome], value)
-    _hist(fam, "resilience_command_duration_seconds").add_metric([name], buckets, total)
-    _gauge(fam, "resilience_command_in_flight").add_metric([name], in_flight)
-    for state, value in zip(CIRCUIT_STATES, states, strict=True):
-        _gauge(fam, "resilience_circuit_state").add_metric([name, state], value)
-    _gauge(fam, "resilience_circuit_error_ratio").add_metric([name], ratio)
+    return CommandSnapshot(s.name, calls, fallbacks, counts, total, in_flight, states, ratio)
 
 
-def _collect_pool(fam: dict[str, Metric], s: PoolSeries) -> None:
+def pool_snapshot(s: PoolSeries) -> PoolSnapshot:
     with s.lock:
         jobs = list(s.jobs)
-        dur, dur_sum = s.job_duration.buckets(), s.job_duration.sum
-        wait, wait_sum = s.queue_wait.buckets(), s.queue_wait.sum
+        dur, dur_sum = list(s.job_duration.counts), s.job_duration.sum
+        wait, wait_sum = list(s.queue_wait.counts), s.queue_wait.sum
         pools = list(s.pools)
     depth = sum(p.queue_depth for p in pools)
     busy = sum(p.workers_busy for p in pools)
-    name = s.name
-    for outcome, value in zip(JOB_OUTCOMES, jobs, strict=True):
-        _counter(fam, "resilience_pool_jobs").add_metric([name, outcome], value)
-    _gauge(fam, "resilience_pool_queue_depth").add_metric([name], depth)
-    _gauge(fam, "resilience_pool_workers_busy").add_metric([name], busy)
-    _hist(fam, "resilience_pool_job_duration_seconds").add_metric([name], dur, dur_sum)
-    _hist(fam, "resilience_pool_queue_wait_seconds").add_metric([name], wait, wait_sum)
+    return PoolSnapshot(s.name, jobs, depth, busy, dur, dur_sum, wait, wait_sum)
 
 
-def _collect_tls(fam: dict[str, Metric], s: TLSSeries) -> None:
+def tls_snapshot(s: TLSSeries) -> TLSSnapshot:
     with s.lock:
         handshakes = list(s.handshakes)
         servers = list(s.servers)
@@ -338,11 +397,47 @@ def _collect_tls(fam: dict[str, Metric], s: TLSSeries) -> None:
     expiries = [
         e for srv in servers if (e := srv.certificate_expiry_timestamp) is not None
     ]
+    return TLSSnapshot(s.name, handshakes, active, min(expiries) if expiries else None)
+
+
+def _collect_command(fam: dict[str, Metric], s: CommandSeries) -> None:
+    snap = command_snapshot(s)
     name = s.name
-    for outcome, value in zip(HANDSHAKE_OUTCOMES, handshakes, strict=True):
+    for outcome, value in zip(CALL_OUTCOMES, snap.calls, strict=True):
+        _counter(fam, "resilience_command_calls").add_metric([name, outcome], value)
+    for outcome, value in zip(FALLBACK_OUTCOMES, snap.fallbacks, strict=True):
+        _counter(fam, "resilience_command_fallbacks").add_metric([name, outcome], value)
+    _hist(fam, "resilience_command_duration_seconds").add_metric(
+        [name], _cumulative(s.duration.bounds, snap.duration), snap.duration_sum
+    )
+    _gauge(fam, "resilience_command_in_flight").add_metric([name], snap.in_flight)
+    for state, value in zip(CIRCUIT_STATES, snap.states, strict=True):
+        _gauge(fam, "resilience_circuit_state").add_metric([name, state], value)
+    _gauge(fam, "resilience_circuit_error_ratio").add_metric([name], snap.error_ratio)
+
+
+def _collect_pool(fam: dict[str, Metric], s: PoolSeries) -> None:
+    snap = pool_snapshot(s)
+    name = s.name
+    for outcome, value in zip(JOB_OUTCOMES, snap.jobs, strict=True):
+        _counter(fam, "resilience_pool_jobs").add_metric([name, outcome], value)
+    _gauge(fam, "resilience_pool_queue_depth").add_metric([name], snap.queue_depth)
+    _gauge(fam, "resilience_pool_workers_busy").add_metric([name], snap.workers_busy)
+    _hist(fam, "resilience_pool_job_duration_seconds").add_metric(
+        [name], _cumulative(s.job_duration.bounds, snap.job_duration), snap.job_duration_sum
+    )
+    _hist(fam, "resilience_pool_queue_wait_seconds").add_metric(
+        [name], _cumulative(s.queue_wait.bounds, snap.queue_wait), snap.queue_wait_sum
+    )
+
+
+def _collect_tls(fam: dict[str, Metric], s: TLSSeries) -> None:
+    snap = tls_snapshot(s)
+    name = s.name
+    for outcome, value in zip(HANDSHAKE_OUTCOMES, snap.handshakes, strict=True):
         _counter(fam, "resilience_tls_handshakes").add_metric([name, outcome], value)
-    _gauge(fam, "resilience_tls_connections_active").add_metric([name], active)
-    if expiries:  # the soonest expiry is the one to alert on
+    _gauge(fam, "resilience_tls_connections_active").add_metric([name], snap.connections_active)
+    if snap.certificate_expiry is not None:
         _gauge(fam, "resilience_tls_certificate_expiry_timestamp_seconds").add_metric(
-            [name], min(expiries)
+            [name], snap.certificate_expiry
         )
