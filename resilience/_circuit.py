@@ -178,16 +178,16 @@ class Circuit:
     def _admit_locked(self) -> int | CommandError:
         cfg = self._config
         if cfg.force_open:
-            return self._short_circuit(None)
+            return self._short_circuit(self._clock(), None)
         trial = False
         if self._state != _CLOSED:
             now = self._clock()
             sw = cfg.sleep_window
             if self._state == _OPEN:
                 if now - self._opened_at < sw:
-                    return self._short_circuit(self._opened_at + sw - now)
+                    return self._short_circuit(now, self._opened_at + sw - now)
             elif self._trial_busy and now - self._trial_at < sw:
-                return self._short_circuit(self._trial_at + sw - now)
+                return self._short_circuit(now, self._trial_at + sw - now)
             # A trial: the first call after the sleep window, or after a trial that ended
             # without a verdict, or one more sleep window after a trial that still hangs.
             trial = True
@@ -204,12 +204,15 @@ class Circuit:
         self._in_flight += 1
         return self._gen
 
-    def _short_circuit(self, retry_after: float | None) -> CircuitOpenError:
-        # The fast-fail path: counters bumped inline, the error built without __init__.
+    def _short_circuit(self, now: float, retry_after: float | None) -> CircuitOpenError:
+        # The fast-fail path: counted inline, the error built without running __init__.
         self._calls[SHORT_CIRCUITED] += 1
         w = self._window
-        now = self._clock()
-        w.add(now, SHORT_CIRCUITED)
+        if now >= w.end:
+            w.add(now, SHORT_CIRCUITED)
+        else:
+            w.bucket[SHORT_CIRCUITED] += 1
+            w.totals[SHORT_CIRCUITED] += 1
         exc = _new_exception(CircuitOpenError, self.name)
         exc._info = (
             self.name,

@@ -91,13 +91,18 @@ def coroutine_caller(
             gen = circ._gen
             release()
         else:
-            release()
-            admitted = circ.admit()
-            if admitted.__class__ is not int:
-                if fallback is None:
-                    raise admitted  # type: ignore[misc]
-                return await _fallback_async(circ, fallback, admitted)  # type: ignore[arg-type]
-            gen = admitted  # type: ignore[assignment]
+            try:
+                admitted = circ._admit_locked()
+            finally:
+                release()
+            if isinstance(admitted, BaseException):
+                if fallback is not None:
+                    return await _fallback_async(circ, fallback, admitted)
+                try:
+                    raise admitted
+                finally:
+                    del admitted  # no exception -> traceback -> frame -> exception cycle
+            gen = admitted
         timeout = circ._timeout
         now = circ._now
         started = now()
@@ -172,17 +177,20 @@ async def _failed_async(
     *,
     release: bool,
 ) -> Any:
-    if isinstance(exc, _Expired):
-        _finish(circ, gen, TIMEOUT, started, release)
-        error = CommandTimeoutError(circ.name, timeout=exc.timeout)
-        if fallback is None:
-            raise error from None
-        return await _fallback_async(circ, fallback, error)
-    kind = _kind_of(circ, exc)
-    _finish(circ, gen, kind, started, release)
-    if fallback is None or kind >= IGNORED:
-        raise exc
-    return await _fallback_async(circ, fallback, exc)
+    try:
+        if isinstance(exc, _Expired):
+            _finish(circ, gen, TIMEOUT, started, release)
+            error = CommandTimeoutError(circ.name, timeout=exc.timeout)
+            if fallback is None:
+                raise error from None
+            return await _fallback_async(circ, fallback, error)
+        kind = _kind_of(circ, exc)
+        _finish(circ, gen, kind, started, release)
+        if fallback is None or kind >= IGNORED:
+            raise exc
+        return await _fallback_async(circ, fallback, exc)
+    finally:
+        del exc  # break the exception -> traceback -> this frame -> exception cycle
 
 
 async def _fallback_async(circ: Circuit, fallback: Fallback, exc: BaseException) -> Any:
