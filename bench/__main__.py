@@ -1,0 +1,25 @@
+"""``python -m bench [--quick]``: the command benchmark, then the worker-pool benchmark."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def main() -> None:
+    """Run every benchmark in turn; arguments (``--quick``) reach each through ``sys.argv``."""
+    from bench import commands_bench
+
+    commands_bench.main()
+    try:
+        pool_bench = importlib.import_module("bench.pool_bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench.pool_bench":
+            raise
+        print("\n(bench.pool_bench does not exist yet: worker-pool benchmark skipped)")
+        return
+    print()
+    pool_bench.main()
+
+
+if __name__ == "__main__":
+    main()
