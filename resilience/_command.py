@@ -32,6 +32,9 @@ __all__ = ["call_async", "call_sync", "coroutine_caller"]
 Fallback = Callable[[BaseException], Any]
 
 _asyncio_timeout = asyncio.timeout
+_running_loop = asyncio.get_running_loop
+_current_task = asyncio.current_task
+_CancelledError = asyncio.CancelledError
 _REFUSED = (CircuitOpenError, MaxConcurrencyError)  # what _admit raises
 
 
@@ -110,13 +113,28 @@ def coroutine_caller(
             if timeout is None:
                 result = await fn(*args, **kwargs)
             elif _on_asyncio():
+                # asyncio.timeout's protocol, inline: cancel the task at the deadline, and on
+                # the way out count our cancel back with uncancel(); only if nobody else
+                # cancelled the task too is the CancelledError ours to turn into a timeout.
+                loop = _running_loop()
+                task: Any = _current_task(loop)
+                cancelling = task.cancelling()
+                deadline = _Deadline(task)
+                handle = loop.call_at(loop.time() + timeout, deadline)
                 try:
-                    async with _asyncio_timeout(timeout) as scope:
-                        result = await fn(*args, **kwargs)
-                except TimeoutError:
-                    if not scope.expired():
-                        raise  # the function's own TimeoutError
-                    raise _Expired(timeout) from None
+                    result = await fn(*args, **kwargs)
+                except _CancelledError:
+                    if deadline.fired and task.uncancel() <= cancelling:
+                        raise _Expired(timeout) from None
+                    raise
+                except BaseException:
+                    if deadline.fired:  # the function turned our cancel into another error
+                        task.uncancel()
+                    raise
+                finally:
+                    handle.cancel()
+                if deadline.fired:  # it fired, but the function swallowed the cancellation
+                    task.uncancel()
             else:
                 result = await _in_cancel_scope(fn, args, kwargs, timeout)
         except BaseException as exc:
@@ -146,6 +164,20 @@ def coroutine_caller(
         return result
 
     return call
+
+
+class _Deadline:
+    """Timer callback of the inline asyncio deadline: cancels the task, remembers it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 class _Expired(Exception):
