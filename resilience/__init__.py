@@ -19,6 +19,8 @@ from ._errors import (
     PoolFullError,
     ResilienceError,
 )
+from ._pool import WorkerPool
+from ._pool_job import JobHandle, PoolStatistics
 from ._registry import CommandDecorator, Registry, default_registry
 
 __version__ = "0.1.0"
@@ -47,12 +49,15 @@ __all__ = [
     "CommandDecorator",
     "CommandError",
     "CommandTimeoutError",
+    "JobHandle",
     "MaxConcurrencyError",
     "PoolClosedError",
     "PoolError",
     "PoolFullError",
+    "PoolStatistics",
     "Registry",
     "ResilienceError",
+    "WorkerPool",
     "__version__",
     "command",
     "configure",

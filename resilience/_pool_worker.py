@@ -1,0 +1,204 @@
+"""The worker task of a :class:`~resilience.WorkerPool`, and a blocked submitter's record.
+
+A worker runs jobs inside one cancel scope that it renews only after a job was cancelled
+through its handle, so cancelling one job costs the others nothing. It records metrics
+inline (one lock, a few additions per job) and hands each outcome to the job's handle.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from inspect import isawaitable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._pool_job import FAILED, RUNNING, SUCCEEDED, JobHandle
+
+if TYPE_CHECKING:
+    from ._pool import WorkerPool
+    from ._pool_wait import Waiter
+
+__all__ = ["Submitter", "Worker"]
+
+# Outcome indexes of resilience_pool_jobs_total (see _exporter.JOB_OUTCOMES).
+OK, FAIL, CANCEL = 0, 1, 2
+# Submitter states.
+WAITING, ACCEPTED, REFUSED = range(3)
+
+
+class Submitter:
+    """A ``submit`` call waiting for queue room."""
+
+    __slots__ = ("event", "job", "state")
+
+    def __init__(self, job: JobHandle[Any], event: Waiter) -> None:
+        self.job = job
+        self.event = event
+        self.state = WAITING
+
+
+class Worker:
+    """One worker task: what it runs, and how to wake it or cancel its job."""
+
+    __slots__ = ("cancelling", "event", "handoff", "job", "pool", "scope")
+
+    def __init__(self, pool: WorkerPool, event: Waiter) -> None:
+        self.pool = pool
+        self.scope: anyio.CancelScope | None = None
+        self.cancelling = False  # our scope was cancelled to stop the current job
+        self.job: JobHandle[Any] | None = None
+        self.event: Waiter = event  # set to wake us while idle
+        self.handoff: JobHandle[Any] | None = None  # given to us while idle, not started
+
+    def cancel_job(self, job: JobHandle[Any]) -> None:
+        if self.job is not job:
+            return
+        if self.handoff is job:  # handed over but not started yet: take it back
+            self.handoff = None
+            self.job = None
+            self.pool._busy -= 1
+            job._finish_cancelled()
+        elif self.scope is not None:
+            self.cancelling = True
+            self.scope.cancel()
+
+    def take(self, job: JobHandle[Any]) -> None:
+        """Hand ``job`` to this idle worker (already removed from the idle list)."""
+        self.handoff = job
+        job._state = RUNNING
+        job._slot = self
+        self.job = job
+        self.pool._busy += 1
+        self.event.set()
+
+    async def main(self) -> None:
+        """The task body. Starts out idle: the pool registered us before we ran."""
+        pool = self.pool
+        parked = True
+        try:
+            while True:
+                with anyio.CancelScope() as scope:
+                    self.scope = scope
+                    self.cancelling = False
+                    if await self._work(parked):
+                        return
+                parked = False  # a job was cancelled through its handle: fresh scope
+        finally:
+            pool._live_workers -= 1
+            if pool._live_workers == 0 and pool._drained is not None:
+                pool._drained.set()
+
+    async def _work(self, parked: bool) -> bool:
+        """Run jobs until the pool is drained (True) or a job was cancelled (False)."""
+        pool = self.pool
+        queue = pool._queue
+        submitters = pool._submitters
+        low_waiters = pool._low_waiters
+        series = pool._series
+        lock = series.lock
+        jobs = series.jobs
+        wait_hist = series.queue_wait
+        wait_bounds = wait_hist.bounds
+        run_hist = series.job_duration
+        run_bounds = run_hist.bounds
+        cancelled_exc = anyio.get_cancelled_exc_class()
+        now = perf_counter()
+        while True:
+            job = self.handoff
+            if job is not None:  # handed over by a submitter while we waited
+                self.handoff = None
+            elif queue:
+                job = queue.popleft()
+                if submitters:
+                    pool._admit()
+                elif low_waiters and len(queue) <= pool._low_water:
+                    pool._wake_low_water()
+                job._state = RUNNING
+                job._slot = self
+                self.job = job
+                pool._busy += 1
+            elif submitters:  # rendezvous (queue_size=0): take the job directly
+                sub = submitters.popleft()
+                sub.state = ACCEPTED
+                pool._submitted += 1
+                sub.event.set()
+                job = sub.job
+                job.enqueued = now
+                job._state = RUNNING
+                job._slot = self
+                self.job = job
+                pool._busy += 1
+            elif pool._closed:
+                return True
+            else:
+                if parked:
+                    parked = False
+                else:
+                    self.event = pool._new_waiter()
+                    pool._idle.append(self)
+                try:
+                    await self.event.wait()
+                except BaseException:
+                    dropped = self.handoff
+                    if dropped is not None:  # a job was given to us: it is dropped
+                        self.handoff = None
+                        self.job = None
+                        pool._busy -= 1
+                        dropped._finish_cancelled()
+                    elif self in pool._idle:
+                        pool._idle.remove(self)
+                    raise
+                now = perf_counter()
+                if self.handoff is None and pool._closed:
+                    return True  # woken by close with nothing to do
+                continue  # run the handed-over job (or look again: it was taken back)
+            try:
+                if job._is_async:
+                    value = await job._fn(*job._args)
+                else:
+                    value = await anyio.to_thread.run_sync(
+                        job._fn, *job._args, limiter=pool._limiter
+                    )
+                    if isawaitable(value):
+                        value = await value
+            except cancelled_exc:
+                wait = now - job.enqueued
+                with lock:
+                    wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
+                    wait_hist.sum += wait
+                pool._busy -= 1
+                self.job = None
+                job._finish_cancelled()
+                raise
+            except BaseException as exc:
+                outcome = FAIL
+                pool._failed += 1
+                job._result = exc
+                job._state = FAILED
+                pool._unretrieved.add(job)
+                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit...
+                    pool._fatal = exc
+                    pool._abort()
+            else:
+                outcome = OK
+                pool._succeeded += 1
+                job._result = value
+                job._state = SUCCEEDED
+            end = perf_counter()
+            wait = now - job.enqueued
+            took = end - now
+            now = end
+            with lock:  # Histogram.observe, inlined: this runs once per job
+                jobs[outcome] += 1
+                wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
+                wait_hist.sum += wait
+                run_hist.counts[bisect_left(run_bounds, took)] += 1
+                run_hist.sum += took
+            pool._busy -= 1
+            self.job = None
+            if job._waiters is not None or job._owner is not None:
+                job._wake()
+            if self.cancelling:  # a cancel aimed at the job came too late: renew the scope
+                return False
