@@ -12,9 +12,10 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ._config import CommandConfig
-from ._errors import CircuitOpenError, CommandError, MaxConcurrencyError, _new_exception
+from ._errors import CircuitOpenError, MaxConcurrencyError, _new_exception
 from ._exporter import CommandSeries
 from ._rolling import (
     FAILURE,
@@ -68,9 +69,9 @@ class Circuit:
 
     __slots__ = (
         "__weakref__", "_calls", "_clock", "_config", "_duration", "_fast_gen", "_fast_limit",
-        "_gen", "_in_flight", "_lock", "_max", "_now", "_opened_at", "_real_clock", "_series",
-        "_state", "_threads", "_timeout", "_trial_at", "_trial_busy", "_volume", "_window",
-        "name",
+        "_gen", "_in_flight", "_lock", "_max", "_now", "_open_until", "_opened_at",
+        "_real_clock", "_refused", "_series", "_state", "_threads", "_timeout", "_trial_at",
+        "_trial_busy", "_window", "name",
     )
 
     def __init__(
@@ -96,6 +97,7 @@ class Circuit:
         self._trial_busy = False
         self._trial_at = 0.0
         self._threads: ThreadPool | None = None
+        self._refused: Any = None  # a CommandError handed from _admit_locked to its caller
         self._window = RollingWindow(config.rolling_window, config.buckets)
         self._config = config
         with self._lock:
@@ -157,37 +159,40 @@ class Circuit:
     def _apply(self, config: CommandConfig) -> None:
         """Cache what the hot path reads (lock held); called after every state change."""
         self._max = config.max_concurrent_requests
-        self._volume = config.request_volume_threshold
         self._timeout = config.timeout
+        self._open_until = self._opened_at + config.sleep_window
         fast = self._state == _CLOSED and not config.force_open
         # Admission: a free slot below this limit means "closed, not forced, admit".
         self._fast_limit = self._max if fast else 0
         # Completion: an outcome of this generation may take the counting shortcut.
         self._fast_gen = self._gen if fast and self._real_clock else -1
+        if self._fast_gen < 0:
+            self._window.sync()  # leaving the shortcut: make the success total exact
 
     # -- admission (lock held) ------------------------------------------------------------------
 
-    def admit(self) -> int | CommandError:
-        """Admit one call: its generation, or the refusal to raise.
+    def _admit_locked(self) -> int:
+        """Admit one call (lock held): its generation, or -1 with the error in ``_refused``.
 
-        The refusal is returned, not raised, so the caller raises it once, from its own frame.
+        The refusal is handed over, not raised, so the caller raises it once, from its own
+        frame, after giving the lock back.
         """
-        with self._lock:
-            return self._admit_locked()
-
-    def _admit_locked(self) -> int | CommandError:
-        cfg = self._config
-        if cfg.force_open:
+        state = self._state
+        if state == _OPEN:  # the common refusal first
+            now = self._clock()
+            if self._config.force_open:
+                return self._short_circuit(now, None)
+            if now < self._open_until:
+                return self._short_circuit(now, self._open_until - now)
+        elif self._config.force_open:
             return self._short_circuit(self._clock(), None)
         trial = False
-        if self._state != _CLOSED:
+        if state != _CLOSED:
             now = self._clock()
-            sw = cfg.sleep_window
-            if self._state == _OPEN:
-                if now - self._opened_at < sw:
-                    return self._short_circuit(now, self._opened_at + sw - now)
-            elif self._trial_busy and now - self._trial_at < sw:
-                return self._short_circuit(now, self._trial_at + sw - now)
+            if state == _HALF_OPEN and self._trial_busy:
+                trial_until = self._trial_at + self._config.sleep_window
+                if now < trial_until:
+                    return self._short_circuit(now, trial_until - now)
             # A trial: the first call after the sleep window, or after a trial that ended
             # without a verdict, or one more sleep window after a trial that still hangs.
             trial = True
@@ -200,11 +205,12 @@ class Circuit:
                 self._trial_busy = False  # give the trial permit back at once
             self._calls[REJECTED] += 1
             self._record_window(self._gen, REJECTED)
-            return MaxConcurrencyError(self.name, limit=self._max)
+            self._refused = MaxConcurrencyError(self.name, limit=self._max)
+            return -1
         self._in_flight += 1
         return self._gen
 
-    def _short_circuit(self, now: float, retry_after: float | None) -> CircuitOpenError:
+    def _short_circuit(self, now: float, retry_after: float | None) -> int:
         # The fast-fail path: counted inline, the error built without running __init__.
         self._calls[SHORT_CIRCUITED] += 1
         w = self._window
@@ -214,18 +220,17 @@ class Circuit:
             w.bucket[SHORT_CIRCUITED] += 1
             w.totals[SHORT_CIRCUITED] += 1
         exc = _new_exception(CircuitOpenError, self.name)
-        exc._info = (
-            self.name,
-            None if retry_after is None else max(retry_after, 0.0),
-            tuple(w.totals),
-        )
-        return exc
+        # retry_after > 0 (or None when forced); totals are exact here, see _apply
+        exc._info = (self.name, retry_after, tuple(w.totals))
+        self._refused = exc
+        return -1
 
     # -- completion (lock held) -------------------------------------------------------------------
 
     def _record(self, gen: int, kind: int, duration: float | None) -> None:
         """Count an outcome; act on the state only if ``gen`` is current."""
-        self._calls[kind] += 1
+        if kind:  # successes are not counted: see CommandSeries
+            self._calls[kind] += 1
         if duration is not None:
             self._duration.observe(duration)
         if kind < IGNORED:
@@ -252,15 +257,20 @@ class Circuit:
     def check_health(self, now: float) -> None:
         """Closed -> open when the volume and error-percentage thresholds are both met."""
         w = self._window
-        requests = w.requests
+        t = w.totals
+        errors = t[FAILURE] + t[TIMEOUT] + t[REJECTED]
+        requests = w.successes() + errors
         cfg = self._config
         if (
             requests
             and requests >= cfg.request_volume_threshold
-            and 100 * (requests - w.totals[SUCCESS]) >= cfg.error_percent_threshold * requests
+            and 100 * errors >= cfg.error_percent_threshold * requests
             and not cfg.force_closed
         ):
             self._to_open(now)
+        else:
+            # Successes below the volume threshold may complete it: count them down.
+            w.countdown = max(cfg.request_volume_threshold - requests, 0)
 
     def _record_fallback(self, ok: bool) -> None:
         self._series.fallbacks[0 if ok else 1] += 1

@@ -54,10 +54,13 @@ def _kind_of(circ: Circuit, exc: BaseException) -> int:
 
 def _admit(circ: Circuit) -> int:
     """Take a slot or raise the refusal (the threaded paths, where a frame is cheap)."""
-    admitted = circ.admit()
-    if isinstance(admitted, BaseException):
-        raise admitted
-    return admitted
+    with circ._lock:
+        gen = circ._admit_locked()
+        refused = circ._refused
+        circ._refused = None
+    if refused is not None:
+        raise refused
+    return gen
 
 
 def _finish(circ: Circuit, gen: int, kind: int, started: float, release: bool) -> None:
@@ -81,31 +84,36 @@ def coroutine_caller(
     other case leaves it through a helper. The two critical sections cannot raise (no user
     code, no allocation beyond small objects), so they need no try/finally.
     """
-    acquire = circ._lock.acquire
-    release = circ._lock.release
-    calls = circ._calls
+    lock = circ._lock
+    take, give = lock.take, lock.give  # see _lock: the token lock's inline form
     hist = circ._duration
     bounds, counts = hist.bounds, hist.counts
+    first_bound = bounds[0]
 
     async def call(*args: Any, **kwargs: Any) -> Any:
-        acquire()
+        try:
+            take()
+        except IndexError:
+            lock.acquire()  # contended: another thread is in a critical section
         if circ._in_flight < circ._fast_limit:  # closed, not forced, a slot free
             circ._in_flight += 1
             gen = circ._gen
-            release()
+            give(True)
         else:
             try:
-                admitted = circ._admit_locked()
+                gen = circ._admit_locked()
+                if gen < 0:  # refused: the error waits on the circuit, under the lock
+                    refused = circ._refused
+                    circ._refused = None
             finally:
-                release()
-            if isinstance(admitted, BaseException):
+                give(True)
+            if gen < 0:
                 if fallback is not None:
-                    return await _fallback_async(circ, fallback, admitted)
+                    return await _fallback_async(circ, fallback, refused)
                 try:
-                    raise admitted
+                    raise refused
                 finally:
-                    del admitted  # no exception -> traceback -> frame -> exception cycle
-            gen = admitted
+                    del refused  # no exception -> traceback -> frame -> exception cycle
         timeout = circ._timeout
         now = circ._now
         started = now()
@@ -141,26 +149,33 @@ def coroutine_caller(
             return await _failed_async(circ, gen, exc, started, fallback, release=True)
         ended = now()
         duration = ended - started
-        acquire()
+        try:
+            take()
+        except IndexError:
+            lock.acquire()
         circ._in_flight -= 1
-        calls[0] += 1
-        counts[bisect_left(bounds, duration)] += 1
+        # The lifetime success counter is the duration histogram itself (see CommandSeries).
+        if duration <= first_bound:
+            counts[0] += 1
+        else:
+            counts[bisect_left(bounds, duration)] += 1
         hist.sum += duration
         window = circ._window
         if ended < window.end and gen == circ._fast_gen:
             # Closed, current, same bucket as the last evaluated outcome: a success lowers
             # the error rate, so health can only change when it completes the volume.
             window.bucket[0] += 1
-            window.totals[0] += 1
-            requests = window.requests = window.requests + 1
-            if requests == circ._volume:
-                circ.check_health(ended)
-            release()
+            countdown = window.countdown
+            if countdown:
+                window.countdown = countdown - 1
+                if countdown == 1:
+                    circ.check_health(ended)
+            give(True)
         else:
             try:
                 circ._record_window(gen, SUCCESS)
             finally:
-                release()
+                give(True)
         return result
 
     return call

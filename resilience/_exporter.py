@@ -27,6 +27,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from ._lock import TokenLock
+
 __all__ = ["CommandSeries", "Histogram", "Hub", "PoolSeries", "TLSSeries"]
 
 #: Default cap on distinct names of one kind (commands, pools or TLS servers) per hub: names may
@@ -110,13 +112,17 @@ class TLSGauges(Protocol):
 
 
 class CommandSeries:
-    """Lifetime counters of one command name. Mutated under ``lock`` by the circuit."""
+    """Lifetime counters of one command name. Mutated under ``lock`` by the circuit.
+
+    ``calls[SUCCESS]`` stays 0: successes are derived when read (``command_snapshot``) as the
+    duration histogram's count less failures, timeouts and ignored calls.
+    """
 
     __slots__ = ("calls", "circuits", "duration", "fallbacks", "lock", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.lock = threading.Lock()
+        self.lock = TokenLock()  # taken twice per call on the hot path: see _lock
         self.calls = [0] * len(CALL_OUTCOMES)
         self.fallbacks = [0, 0]
         self.duration = Histogram()
@@ -362,6 +368,10 @@ class TLSSnapshot(NamedTuple):
 def command_snapshot(s: CommandSeries) -> CommandSnapshot:
     with s.lock:
         calls = list(s.calls)
+        # Every executed call is observed once in the duration histogram, and every outcome
+        # but success is counted: successes are the difference (one counter less to bump on
+        # the hot path).
+        calls[SUCCESS] = sum(s.duration.counts) - calls[FAILURE] - calls[TIMEOUT] - calls[IGNORED]
         fallbacks = list(s.fallbacks)
         counts = list(s.duration.counts)
         total = s.duration.sum

@@ -43,6 +43,7 @@ from ._exporter import (
     pool_snapshot,
     tls_snapshot,
 )
+from ._lock import TokenLock
 
 __all__ = ["FLUSH_INTERVAL", "active", "flush", "hub_created"]
 
@@ -213,7 +214,7 @@ class _Flusher:
 
     # -- fork: hold every lock across it; the child subtracts what it inherited ----------------
 
-    def _locks(self) -> Iterator[threading.Lock]:
+    def _locks(self) -> Iterator[threading.Lock | TokenLock]:
         # Order: nothing takes a series lock while holding a hub's lock, nor a hub's lock
         # while holding the lock of the hub table.
         yield self.lock

@@ -23,6 +23,7 @@ from ._exporter import Hub
 __all__ = ["CommandDecorator", "Registry"]
 
 P = ParamSpec("P")
+_MAX_CACHED_CALLERS = 1024
 T = TypeVar("T")
 
 
@@ -55,6 +56,7 @@ class Registry:
         self._hub = Hub.of(metrics_registry)
         self._clock: Callable[[], float] = clock or time.monotonic
         self._circuits: dict[str, Circuit] = {}
+        self._callers: dict[tuple[str, Any, Any], Callable[..., Coroutine[Any, Any, Any]]] = {}
         self._lock = threading.Lock()
 
     def get_circuit(self, name: str) -> Circuit:
@@ -126,24 +128,46 @@ class Registry:
             self.configure_command(name, **config)
         return CommandDecorator(self.get_circuit(name), fallback)
 
-    async def run(
+    def run(
         self,
         name: str,
         fn: Callable[..., Any],
         *args: Any,
         fallback: Fallback | None = None,
-    ) -> Any:
-        """Call ``fn(*args)`` through command ``name``; use ``functools.partial`` for keywords.
+    ) -> Coroutine[Any, Any, Any]:
+        """``await run(name, fn, *args)``: call ``fn(*args)`` through command ``name``.
 
-        Coroutine functions run in this task; any other callable runs in a worker thread (an
-        awaitable it returns is awaited here, under the same deadline).
+        Use ``functools.partial`` for keyword arguments. Coroutine functions run in this task;
+        any other callable runs in a worker thread (an awaitable it returns is awaited here,
+        under the same deadline). Returns the call's coroutine, so awaiting it costs one frame.
         """
-        circuit = self._circuits.get(name) or self.get_circuit(name)
+        key = (name, fn, fallback)
+        try:
+            caller = self._callers.get(key)
+        except TypeError:  # an unhashable callable: no caching
+            return self._caller(name, fn, fallback)(*args)
+        if caller is None:
+            caller = self._caller(name, fn, fallback)
+            if len(self._callers) >= _MAX_CACHED_CALLERS:
+                self._callers.clear()  # e.g. a fresh lambda or partial per call
+            self._callers[key] = caller
+        return caller(*args)
+
+    def _caller(
+        self, name: str, fn: Callable[..., Any], fallback: Fallback | None
+    ) -> Callable[..., Coroutine[Any, Any, Any]]:
+        """The function ``run`` calls for ``(name, fn, fallback)``."""
+        circuit = self.get_circuit(name)
+        _check_fallback(fallback)
         if inspect.iscoroutinefunction(fn):
-            return await coroutine_caller(circuit, fn, fallback)(*args)
+            return coroutine_caller(circuit, fn, fallback)
         if not callable(fn):
             raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
-        return await call_async(circuit, fn, args, {}, fallback)
+
+        def in_thread(*args: Any) -> Coroutine[Any, Any, Any]:
+            return call_async(circuit, fn, args, {}, fallback)
+
+        return in_thread
 
     def run_sync(
         self,
