@@ -136,7 +136,7 @@ class PoolSeries:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.lock = threading.Lock()
+        self.lock = TokenLock()  # taken once per job: see _lock
         self.jobs = [0] * len(JOB_OUTCOMES)
         self.job_duration = Histogram()
         self.queue_wait = Histogram()

@@ -98,6 +98,7 @@ class Worker:
         low_waiters = pool._low_waiters
         series = pool._series
         lock = series.lock
+        take, give = lock.take, lock.give  # the token lock's inline form (see _lock)
         jobs = series.jobs
         wait_hist = series.queue_wait
         wait_bounds = wait_hist.bounds
@@ -190,12 +191,16 @@ class Worker:
             wait = now - job.enqueued
             took = end - now
             now = end
-            with lock:  # Histogram.observe, inlined: this runs once per job
-                jobs[outcome] += 1
-                wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
-                wait_hist.sum += wait
-                run_hist.counts[bisect_left(run_bounds, took)] += 1
-                run_hist.sum += took
+            try:  # Histogram.observe, inlined: this runs once per job
+                take()
+            except IndexError:
+                lock.acquire()
+            jobs[outcome] += 1
+            wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
+            wait_hist.sum += wait
+            run_hist.counts[bisect_left(run_bounds, took)] += 1
+            run_hist.sum += took
+            give(True)
             pool._busy -= 1
             self.job = None
             if job._waiters is not None or job._owner is not None:
