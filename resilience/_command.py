@@ -283,13 +283,11 @@ async def call_async(
 ) -> Any:
     """Run a non-coroutine callable in a worker thread, awaiting it from async code."""
     try:
-        gen = _admit(circ)
+        gen, slot, fut = _start_thread(circ, fn, args, kwargs)
     except _REFUSED as exc:
         if fallback is None:
             raise
         return await _fallback_async(circ, fallback, exc)
-    slot = _SharedSlot(circ)
-    fut = _submit(circ, fn, args, kwargs, slot)
     timeout = circ._timeout
     started = circ._now()
     try:
@@ -314,8 +312,15 @@ async def call_async(
     return result
 
 
-def _submit(circ: Circuit, fn: Callable[..., Any], args: tuple[Any, ...],
-            kwargs: dict[str, Any], slot: _SharedSlot) -> Future[Any]:
+def _start_thread(
+    circ: Circuit, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, _SharedSlot, Future[Any]]:
+    """Admit a threaded call (or raise the refusal) and start it in a worker thread.
+
+    The slot is shared by the caller and the thread: freed when both have let go.
+    """
+    gen = _admit(circ)
+    slot = _SharedSlot(circ)
     try:
         if kwargs:
             fut = circ.threads().submit(partial(fn, *args, **kwargs), ())
@@ -326,7 +331,7 @@ def _submit(circ: Circuit, fn: Callable[..., Any], args: tuple[Any, ...],
         slot.drop()
         raise
     fut.add_done_callback(slot.drop)
-    return fut
+    return gen, slot, fut
 
 
 async def _thread_result(fut: Future[Any]) -> Any:
@@ -365,13 +370,11 @@ def call_sync(
 ) -> Any:
     """Run ``fn`` in a worker thread and wait for it here, under the command's timeout."""
     try:
-        gen = _admit(circ)
+        gen, slot, fut = _start_thread(circ, fn, args, kwargs)
     except _REFUSED as exc:
         if fallback is None:
             raise
         return _fallback_sync(circ, fallback, exc)
-    slot = _SharedSlot(circ)
-    fut = _submit(circ, fn, args, kwargs, slot)
     timeout = circ._timeout
     started = circ._now()
     try:

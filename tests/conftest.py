@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
+from test_command_helpers import FakeClock
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -17,3 +18,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def metrics_registry() -> Iterator[CollectorRegistry]:
     """A private prometheus-client registry, so tests never see each other's series."""
     yield CollectorRegistry()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock for breaker timing (``Registry(clock=...)``)."""
+    return FakeClock()

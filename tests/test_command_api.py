@@ -44,10 +44,6 @@ from resilience import (
 NAME = "api"
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
 
 @pytest.fixture
 def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:

@@ -40,10 +40,6 @@ class Fatal(BaseException):
     """A BaseException that is neither cancellation nor an ordinary failure."""
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
 
 @pytest.fixture
 def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:

@@ -36,10 +36,6 @@ from resilience import (
 NAME = "fallback"
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
 
 @pytest.fixture
 def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:

@@ -30,10 +30,6 @@ from resilience import CircuitOpenError, CommandTimeoutError, MaxConcurrencyErro
 NAME = "metered"
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
 
 async def test_metric_values_after_a_known_workload(
     clock: FakeClock, metrics_registry: CollectorRegistry
