@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_command_helpers import FakeClock
+from test_command_helpers import FakeClock, make_registry
+
+import resilience
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -24,3 +26,9 @@ def metrics_registry() -> Iterator[CollectorRegistry]:
 def clock() -> FakeClock:
     """A fake monotonic clock for breaker timing (``Registry(clock=...)``)."""
     return FakeClock()
+
+
+@pytest.fixture
+def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:
+    """An isolated command registry on the fake clock (test modules may override it)."""
+    return make_registry(clock, metrics_registry)

@@ -21,7 +21,6 @@ from test_command_helpers import (
     breaker_state,
     calls_total,
     eventually,
-    make_registry,
     ok,
     run_outcome,
     setup_breaker,
@@ -34,12 +33,6 @@ import resilience
 from resilience import CircuitOpenError, CircuitState, CommandTimeoutError, MaxConcurrencyError
 
 NAME = BREAKER
-
-
-
-@pytest.fixture
-def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:
-    return make_registry(clock, metrics_registry)
 
 
 # -- closed -> open ----------------------------------------------------------------------

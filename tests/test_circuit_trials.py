@@ -23,7 +23,6 @@ from test_command_helpers import (
     eventually,
     eventually_sync,
     failing,
-    make_registry,
     ok,
     run_outcome,
     setup_breaker,
@@ -37,12 +36,6 @@ import resilience
 from resilience import CircuitOpenError, CircuitState, CommandTimeoutError, MaxConcurrencyError
 
 NAME = BREAKER
-
-
-
-@pytest.fixture
-def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:
-    return make_registry(clock, metrics_registry)
 
 
 # -- half-open -----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 from test_command_helpers import (
     Boom,
     FakeClock,
-    Hold,
     SyncHold,
     calls_total,
     eventually_sync,
@@ -29,7 +28,6 @@ from test_command_helpers import (
     make_registry,
     ok,
     ok_sync,
-    spawn,
 )
 
 import resilience
@@ -42,7 +40,6 @@ from resilience import (
 )
 
 NAME = "api"
-
 
 
 @pytest.fixture
@@ -194,19 +191,6 @@ def test_decorator_keywords_apply_at_decoration_and_last_call_wins(
         pass
 
     assert reg.get_circuit(NAME).config.timeout == 0.75
-
-
-async def test_configured_limit_is_seen_by_the_next_call(reg: resilience.Registry) -> None:
-    reg.configure_command(NAME, max_concurrent_requests=1, timeout=None)
-    hold = Hold()
-    async with anyio.create_task_group() as tg:
-        spawn(tg, lambda: reg.run(NAME, hold.fn))
-        await hold.entered.wait()
-        with pytest.raises(MaxConcurrencyError):
-            await reg.run(NAME, ok)
-        reg.configure_command(NAME, max_concurrent_requests=2)
-        assert await reg.run(NAME, ok) == "ok"
-        hold.release.set()
 
 
 # -- decorator -----------------------------------------------------------------------------

@@ -40,7 +40,6 @@ class Fatal(BaseException):
     """A BaseException that is neither cancellation nor an ordinary failure."""
 
 
-
 @pytest.fixture
 def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:
     r = make_registry(clock, metrics_registry)

@@ -36,7 +36,6 @@ from resilience import (
 NAME = "fallback"
 
 
-
 @pytest.fixture
 def reg(clock: FakeClock, metrics_registry: CollectorRegistry) -> resilience.Registry:
     r = make_registry(clock, metrics_registry)

@@ -30,7 +30,6 @@ from resilience import CircuitOpenError, CommandTimeoutError, MaxConcurrencyErro
 NAME = "metered"
 
 
-
 async def test_metric_values_after_a_known_workload(
     clock: FakeClock, metrics_registry: CollectorRegistry
 ) -> None:
