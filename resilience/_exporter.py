@@ -47,6 +47,7 @@ CALL_OUTCOMES = (
 )
 FALLBACK_OUTCOMES = ("success", "failure")
 JOB_OUTCOMES = ("success", "failure", "cancelled")
+JOB_OK, JOB_FAIL, JOB_CANCEL = range(3)  # indexes into JOB_OUTCOMES and PoolSeries.jobs
 HANDSHAKE_OUTCOMES = ("success", "failure", "timeout")
 CIRCUIT_STATES = ("closed", "open", "half_open")
 
@@ -389,6 +390,9 @@ def pool_snapshot(s: PoolSeries) -> PoolSnapshot:
     with s.lock:
         jobs = list(s.jobs)
         dur, dur_sum = list(s.job_duration.counts), s.job_duration.sum
+        # workers count failures, not successes: every finished job is in the duration
+        # histogram (cancelled ones are not), so successes = its count - failures
+        jobs[JOB_OK] = sum(dur) - jobs[JOB_FAIL]
         wait, wait_sum = list(s.queue_wait.counts), s.queue_wait.sum
         pools = list(s.pools)
     depth = sum(p.queue_depth for p in pools)

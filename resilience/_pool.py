@@ -8,6 +8,9 @@ Design, for speed and for exact accounting:
 * Blocked submitters and idle workers wait in FIFO ``deque``\\ s, each on its own event. When
   a worker takes a job from the queue it admits the oldest blocked submitter into the freed
   room, so a waiting submitter never loses its turn and ``queue_size=0`` is a rendezvous.
+* ``map`` reads ahead (within its window) into a backlog behind the blocked submitters;
+  workers admit from it the same way, so a map keeps the queue full with no task switch
+  per job and no worker ever waits for the map's feeder task to be scheduled.
 * Each worker runs its jobs inside one cancel scope that it renews only after a job was
   cancelled: cancelling one running job costs nothing for the others.
 * Metrics go to the shared :class:`~resilience._exporter.PoolSeries` of the pool's name
@@ -16,6 +19,7 @@ Design, for speed and for exact accounting:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
@@ -29,11 +33,11 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from ._errors import PoolClosedError, PoolFullError
-from ._exporter import Hub
+from ._exporter import JOB_CANCEL, Hub
 from ._pool_job import JobHandle, PoolStatistics
 from ._pool_map import MapIterator
 from ._pool_wait import Waiter, waiter_factory
-from ._pool_worker import ACCEPTED, CANCEL, REFUSED, WAITING, Submitter, Worker
+from ._pool_worker import ACCEPTED, REFUSED, WAITING, Submitter, Worker
 
 __all__ = ["WorkerPool"]
 
@@ -74,10 +78,11 @@ class WorkerPool:
         self._queue: deque[JobHandle[Any]] = deque()
         self._idle: deque[Worker] = deque()
         self._submitters: deque[Submitter] = deque()
-        # map feeders waiting for the queue to drain to half before refilling it in one go
-        self._low_waiters: list[Waiter] = []
-        self._low_water = queue_size // 2
-        self._busy = 0
+        # jobs a map has read ahead while the queue was full: not submitted yet, they enter
+        # the queue (after blocked submitters) as workers make room, so a map keeps the queue
+        # full without a task switch per job
+        self._backlog: deque[JobHandle[Any]] = deque()
+        self._workers: list[Worker] = []
         self._closed = False
         self._started = False
         self._tg: TaskGroup | None = None
@@ -88,13 +93,15 @@ class WorkerPool:
         self._unretrieved: set[JobHandle[Any]] = set()
         self._fatal: BaseException | None = None
         self._new_waiter: Callable[[], Waiter] = anyio.Event
-        self._submitted = self._succeeded = self._failed = self._cancelled = 0
+        # succeeded jobs are not counted: submitted = succeeded + failed + cancelled +
+        # queued + running, at any moment
+        self._submitted = self._failed = self._cancelled = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._started else "new"
         return (
             f"<WorkerPool {self.name!r} {state}: workers={self.workers} "
-            f"queue_size={self.queue_size} queued={len(self._queue)} busy={self._busy}>"
+            f"queue_size={self.queue_size} queued={len(self._queue)} busy={self.workers_busy}>"
         )
 
     # -- gauges read at scrape time (PoolGauges) ---------------------------------------------
@@ -107,19 +114,21 @@ class WorkerPool:
     @property
     def workers_busy(self) -> int:
         """Workers holding a job."""
-        return self._busy
+        return sum(1 for worker in self._workers if worker.job is not None)
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of this pool's state and totals."""
+        queued = len(self._queue)
+        running = self.workers_busy
         return PoolStatistics(
             name=self.name,
             workers=self.workers,
             queue_size=self.queue_size,
-            queued=len(self._queue),
-            running=self._busy,
+            queued=queued,
+            running=running,
             waiting_submitters=len(self._submitters),
             submitted=self._submitted,
-            succeeded=self._succeeded,
+            succeeded=self._submitted - self._failed - self._cancelled - queued - running,
             failed=self._failed,
             cancelled=self._cancelled,
             closed=self._closed,
@@ -142,6 +151,7 @@ class WorkerPool:
             # every worker starts out idle, so a fresh pool takes `workers` jobs at once
             worker = Worker(self, self._new_waiter())
             self._idle.append(worker)
+            self._workers.append(worker)
             tg.start_soon(worker.main, name=f"resilience pool {self.name!r} worker")
         self._series.pools.add(self)
         return self
@@ -197,7 +207,6 @@ class WorkerPool:
             return
         self._closed = True
         self._refuse_submitters()
-        self._wake_low_water()
         for m in list(self._maps):
             m._pool_closed()
         idle = list(self._idle)
@@ -365,7 +374,8 @@ class WorkerPool:
         sub.event.set()
 
     def _unqueue(self, job: JobHandle[Any]) -> bool:
-        """Take back a queued job being cancelled; False if a blocked submitter held it."""
+        """Take back a queued job being cancelled; False if it was never submitted (held by a
+        blocked submitter or a map's backlog)."""
         try:
             self._queue.remove(job)
         except ValueError:
@@ -375,34 +385,28 @@ class WorkerPool:
                     sub.state = REFUSED
                     sub.event.set()
                     break
+            else:
+                with contextlib.suppress(ValueError):
+                    self._backlog.remove(job)
             return False
         if self._submitters:
             self._admit()
-        elif self._low_waiters and len(self._queue) <= self._low_water:
-            self._wake_low_water()
+        elif self._backlog:
+            self._admit_backlog(perf_counter())
         return True
 
-    async def _wait_low_water(self) -> None:
-        """Wait until the queue has drained to half (or the pool closes)."""
-        waiter = self._new_waiter()
-        self._low_waiters.append(waiter)
-        try:
-            await waiter.wait()
-        finally:
-            if waiter in self._low_waiters:
-                self._low_waiters.remove(waiter)
-
-    def _wake_low_water(self) -> None:
-        waiters = list(self._low_waiters)
-        self._low_waiters.clear()
-        for waiter in waiters:
-            waiter.set()
+    def _admit_backlog(self, now: float) -> None:
+        """Room was made in the queue and nobody is blocked: let a map's next job in."""
+        job = self._backlog.popleft()
+        job.enqueued = now
+        self._queue.append(job)
+        self._submitted += 1
 
     def _count_cancelled(self) -> None:
         self._cancelled += 1
         series = self._series
         with series.lock:
-            series.jobs[CANCEL] += 1
+            series.jobs[JOB_CANCEL] += 1
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

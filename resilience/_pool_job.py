@@ -59,13 +59,13 @@ class JobHandle(Generic[T]):
         self,
         pool: WorkerPool,
         fn: Callable[..., Any],
-        args: tuple[Any, ...],
+        args: tuple[Any, ...] | list[Any],
         is_async: bool,
         owner: JobOwner | None = None,
     ) -> None:
         self._pool = pool
         self._fn = fn
-        self._args = args
+        self._args: Any = args  # a tuple, or the one-item list a map job reuses
         self._is_async = is_async
         self._owner = owner
         self._state = QUEUED
@@ -94,7 +94,7 @@ class JobHandle(Generic[T]):
         """
         state = self._state
         if state == QUEUED:
-            # still with a blocked submitter (a map's feeder): never submitted, not counted
+            # held by a blocked submitter or a map's backlog: never submitted, not counted
             self._finish_cancelled(counted=self._pool._unqueue(self))
             return True
         if state == RUNNING:

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from inspect import iscoroutinefunction
+from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
 from ._errors import PoolClosedError
-from ._pool_job import SUCCEEDED, JobHandle
+from ._pool_job import QUEUED, SUCCEEDED, JobHandle
 
 if TYPE_CHECKING:
     from ._pool import WorkerPool
@@ -61,15 +62,14 @@ class MapIterator(Generic[A, T]):
         self._iterable: Iterable[A] | AsyncIterable[A] | None = iterable
         self._ordered = ordered
         self._window = 2 * (pool.workers + pool.queue_size)
-        # wake a feeder waiting for window room once half the queue can be refilled, or at
-        # once if the queue runs low: one task switch per batch, and no worker left idle
+        # wake a feeder waiting for window room once it can read a batch (half a queue): one
+        # task switch per batch; what it reads goes to the pool's backlog if the queue is full
         self._refill_at = self._window - max(1, pool.queue_size // 2)
-        self._low_water = pool.queue_size // 2
         # ordered: submitted jobs in input order; unordered: finished jobs in finish order
         self._results: deque[JobHandle[Any]] = deque()
         self._live: set[JobHandle[Any]] = set()  # unordered: submitted, not finished
         self._outstanding = 0  # submitted and not yet consumed
-        self._started = False
+        self._running = False  # started and not finished: the only test on the hot path
         self._finished = False  # consumer side done (exhausted, failed or closed)
         self._feeding = False
         self._exhausted = False  # input ended normally
@@ -77,6 +77,10 @@ class MapIterator(Generic[A, T]):
         self._feed_scope: anyio.CancelScope | None = None
         self._consumer: Waiter | None = None
         self._feeder: Waiter | None = None
+        # handles of consumed successful jobs, reused for new ones: a map's handles never
+        # reach the user, and a steady stream that allocates nothing long-lived per job
+        # keeps the cyclic GC from running every few hundred jobs
+        self._spare: list[JobHandle[Any]] = []
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -97,9 +101,9 @@ class MapIterator(Generic[A, T]):
         self._stop()
 
     async def __anext__(self) -> T:
-        if self._finished:
-            raise StopAsyncIteration
-        if not self._started:
+        if not self._running:
+            if self._finished:
+                raise StopAsyncIteration
             self._start()
         results = self._results
         while True:
@@ -109,14 +113,14 @@ class MapIterator(Generic[A, T]):
                     results.popleft()
                     self._outstanding -= 1
                     feeder = self._feeder
-                    if feeder is not None and (
-                        self._outstanding <= self._refill_at
-                        or len(self._pool._queue) <= self._low_water
-                    ):
+                    if feeder is not None and self._outstanding <= self._refill_at:
                         self._feeder = None
                         feeder.set()
                     if job._state == SUCCEEDED:
-                        return job._result  # type: ignore[no-any-return]
+                        value: T = job._result
+                        job._result = None
+                        self._spare.append(job)
+                        return value
                     self._stop()
                     failed: T = job._outcome()  # raises the job's exception
                     return failed
@@ -143,14 +147,13 @@ class MapIterator(Generic[A, T]):
     # -- internals -----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self._started = True
         pool = self._pool
         try:
             tg = pool._check_open()
         except BaseException:
             self._finished = True
             raise
-        self._feeding = True
+        self._running = self._feeding = True
         pool._maps.add(self)
         tg.start_soon(self._feed, name=f"resilience pool {pool.name!r} map feeder")
 
@@ -159,12 +162,14 @@ class MapIterator(Generic[A, T]):
         if self._finished:
             return
         self._finished = True
+        self._running = False
         self._pool._maps.discard(self)
         if self._feed_scope is not None:
             self._feed_scope.cancel()
         pending = list(self._results) if self._ordered else list(self._live)
         self._results.clear()
         self._live.clear()
+        self._drop_backlog()
         for job in pending:
             job.cancel()
 
@@ -177,9 +182,22 @@ class MapIterator(Generic[A, T]):
         if self._feed_scope is not None:
             self._feed_scope.cancel()
         pending = list(self._results) if self._ordered else list(self._live)
+        self._drop_backlog()
         for job in pending:
             job.cancel()
         self._wake_consumer()
+
+    def _drop_backlog(self) -> None:
+        """Take this map's jobs out of the pool's backlog in one pass (never submitted)."""
+        backlog = self._pool._backlog
+        if not any(job._owner is self for job in backlog):
+            return
+        mine = [job for job in backlog if job._owner is self]
+        keep = [job for job in backlog if job._owner is not self]
+        backlog.clear()  # in place: the workers hold a reference to it
+        backlog.extend(keep)
+        for job in mine:
+            job._finish_cancelled(counted=False)
 
     def _wake_consumer(self) -> None:
         consumer = self._consumer
@@ -229,62 +247,44 @@ class MapIterator(Generic[A, T]):
             self._wake_consumer()
 
     def _put_nowait(self, item: A) -> bool:
-        """Fast path: straight into the pool's queue when nobody needs waking."""
-        pool = self._pool
-        queue = pool._queue
-        if (
-            self._outstanding >= self._window
-            or self._finished
-            or pool._closed
-            or pool._idle
-            or len(queue) >= pool.queue_size
-        ):
+        """Submit ``item`` unless the window is full (False) or the map or pool is done.
+
+        The job goes to an idle worker, into the queue, or (queue full) to the pool's backlog,
+        which workers drain into the queue: the feeder only ever waits for window room.
+        """
+        if self._outstanding >= self._window or self._finished:
             return False
-        job: JobHandle[Any] = JobHandle(pool, self._fn, (item,), self._is_async, self)
+        pool = self._pool
+        if pool._closed:
+            return False
+        spare = self._spare
+        if spare:  # reuse a consumed handle (see __init__)
+            job = spare.pop()
+            job._args[0] = item  # a one-item list: the worker's fn(*args) copies it
+            job._state = QUEUED
+        else:
+            job = JobHandle(pool, self._fn, [item], self._is_async, self)
+        # record it before it can finish
         if self._ordered:
             self._results.append(job)
         else:
             self._live.add(job)
         self._outstanding += 1
-        queue.append(job)
-        pool._submitted += 1
+        backlog = pool._backlog
+        if backlog:  # behind earlier jobs; stamped when admitted into the queue
+            backlog.append(job)
+        else:
+            job.enqueued = perf_counter()
+            if not pool._put_nowait(job):  # no idle worker and no room in the queue
+                backlog.append(job)
         return True
 
     async def _submit(self, pool: WorkerPool, item: A) -> None:
-        """Slow path: wait for window room, hand off to an idle worker or wait for room."""
-        while True:
-            while self._outstanding >= self._window and not self._finished:
-                event = self._feeder = self._pool._new_waiter()
-                await event.wait()
+        """Slow path: wait for window room, then submit."""
+        while not self._put_nowait(item):
             if self._finished:  # stopped while we were runnable: cancellation may lag
                 raise _Stopped
-            if (
-                pool.queue_size >= 2
-                and len(pool._queue) >= pool.queue_size
-                and not pool._submitters
-                and not pool._closed
-            ):
-                # full queue: wait until it is half empty, then refill it in one go rather
-                # than being woken for every job a worker takes
-                await pool._wait_low_water()
-                continue
-            break
-        job: JobHandle[Any] = JobHandle(pool, self._fn, (item,), self._is_async, self)
-        ordered = self._ordered
-        # record it before it can finish (a worker may run it before we resume)
-        if ordered:
-            self._results.append(job)
-        else:
-            self._live.add(job)
-        self._outstanding += 1
-        try:
-            if not pool._put_nowait(job):
-                await pool._put_wait(job)
-        except BaseException:
-            self._outstanding -= 1
-            if ordered:
-                if self._results and self._results[-1] is job:
-                    self._results.pop()
-            else:
-                self._live.discard(job)
-            raise
+            if pool._closed:
+                raise PoolClosedError(f"pool {pool.name!r} is closed", pool=pool.name)
+            event = self._feeder = self._pool._new_waiter()
+            await event.wait()

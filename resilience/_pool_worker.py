@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._exporter import JOB_FAIL
 from ._pool_job import FAILED, RUNNING, SUCCEEDED, JobHandle
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Submitter", "Worker"]
 
-# Outcome indexes of resilience_pool_jobs_total (see _exporter.JOB_OUTCOMES).
-OK, FAIL, CANCEL = 0, 1, 2
 # Submitter states.
 WAITING, ACCEPTED, REFUSED = range(3)
 
@@ -58,7 +57,6 @@ class Worker:
         if self.handoff is job:  # handed over but not started yet: take it back
             self.handoff = None
             self.job = None
-            self.pool._busy -= 1
             job._finish_cancelled()
         elif self.scope is not None:
             self.cancelling = True
@@ -70,32 +68,19 @@ class Worker:
         job._state = RUNNING
         job._slot = self
         self.job = job
-        self.pool._busy += 1
         self.event.set()
 
     async def main(self) -> None:
-        """The task body. Starts out idle: the pool registered us before we ran."""
-        pool = self.pool
-        parked = True
-        try:
-            while True:
-                with anyio.CancelScope() as scope:
-                    self.scope = scope
-                    self.cancelling = False
-                    if await self._work(parked):
-                        return
-                parked = False  # a job was cancelled through its handle: fresh scope
-        finally:
-            pool._live_workers -= 1
-            if pool._live_workers == 0 and pool._drained is not None:
-                pool._drained.set()
+        """The task body. Starts out idle: the pool registered us before we ran.
 
-    async def _work(self, parked: bool) -> bool:
-        """Run jobs until the pool is drained (True) or a job was cancelled (False)."""
+        Runs jobs until the pool is drained. The job loop is written out here, in the task's
+        own frame, because it runs once per job: no helper calls and no extra frame for the
+        job's coroutine to resume through.
+        """
         pool = self.pool
         queue = pool._queue
         submitters = pool._submitters
-        low_waiters = pool._low_waiters
+        backlog = pool._backlog
         series = pool._series
         lock = series.lock
         take, give = lock.take, lock.give  # the token lock's inline form (see _lock)
@@ -105,105 +90,125 @@ class Worker:
         run_hist = series.job_duration
         run_bounds = run_hist.bounds
         cancelled_exc = anyio.get_cancelled_exc_class()
+        parked = True  # registered as idle before we first ran
         now = perf_counter()
-        while True:
-            job = self.handoff
-            if job is not None:  # handed over by a submitter while we waited
-                self.handoff = None
-            elif queue:
-                job = queue.popleft()
-                if submitters:
-                    pool._admit()
-                elif low_waiters and len(queue) <= pool._low_water:
-                    pool._wake_low_water()
-                job._state = RUNNING
-                job._slot = self
-                self.job = job
-                pool._busy += 1
-            elif submitters:  # rendezvous (queue_size=0): take the job directly
-                sub = submitters.popleft()
-                sub.state = ACCEPTED
-                pool._submitted += 1
-                sub.event.set()
-                job = sub.job
-                job.enqueued = now
-                job._state = RUNNING
-                job._slot = self
-                self.job = job
-                pool._busy += 1
-            elif pool._closed:
-                return True
-            else:
-                if parked:
-                    parked = False
-                else:
-                    self.event = pool._new_waiter()
-                    pool._idle.append(self)
-                try:
-                    await self.event.wait()
-                except BaseException:
-                    dropped = self.handoff
-                    if dropped is not None:  # a job was given to us: it is dropped
-                        self.handoff = None
+        try:
+            while True:  # one cancel scope per round; renewed after a job was cancelled
+                with anyio.CancelScope() as scope:
+                    self.scope = scope
+                    self.cancelling = False
+                    while not self.cancelling:
+                        job = self.handoff
+                        if job is not None:  # handed over by a submitter while we waited
+                            self.handoff = None
+                        elif queue:
+                            job = queue.popleft()
+                            if submitters:
+                                pool._admit()
+                            elif backlog:  # Pool._admit_backlog, inlined
+                                waiting = backlog.popleft()
+                                waiting.enqueued = now
+                                queue.append(waiting)
+                                pool._submitted += 1
+                            job._state = RUNNING
+                            job._slot = self
+                            self.job = job
+                        elif submitters:  # rendezvous (queue_size=0): take the job directly
+                            sub = submitters.popleft()
+                            sub.state = ACCEPTED
+                            pool._submitted += 1
+                            sub.event.set()
+                            job = sub.job
+                            job.enqueued = now
+                            job._state = RUNNING
+                            job._slot = self
+                            self.job = job
+                        elif backlog:  # a map read ahead while the queue was full
+                            job = backlog.popleft()
+                            pool._submitted += 1
+                            job.enqueued = now
+                            job._state = RUNNING
+                            job._slot = self
+                            self.job = job
+                        elif pool._closed:
+                            return
+                        else:
+                            if parked:
+                                parked = False
+                            else:
+                                self.event = pool._new_waiter()
+                                pool._idle.append(self)
+                            try:
+                                await self.event.wait()
+                            except BaseException:
+                                dropped = self.handoff
+                                if dropped is not None:  # a job was given to us: dropped
+                                    self.handoff = None
+                                    self.job = None
+                                    dropped._finish_cancelled()
+                                elif self in pool._idle:
+                                    pool._idle.remove(self)
+                                raise
+                            now = perf_counter()
+                            if self.handoff is None and pool._closed:
+                                return  # woken by close with nothing to do
+                            continue  # run the handed-over job (or look again)
+                        try:
+                            if job._is_async:
+                                value = await job._fn(*job._args)
+                            else:
+                                value = await anyio.to_thread.run_sync(
+                                    job._fn, *job._args, limiter=pool._limiter
+                                )
+                                if isawaitable(value):
+                                    value = await value
+                        except cancelled_exc:
+                            wait = now - job.enqueued
+                            with lock:
+                                wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
+                                wait_hist.sum += wait
+                            self.job = None
+                            job._finish_cancelled()
+                            raise
+                        except BaseException as exc:
+                            job._result = exc
+                            job._state = FAILED
+                            pool._failed += 1
+                            pool._unretrieved.add(job)
+                            failed = True
+                            if not isinstance(exc, Exception):  # KeyboardInterrupt...
+                                pool._fatal = exc
+                                pool._abort()
+                        else:
+                            job._result = value
+                            job._state = SUCCEEDED
+                            failed = False
+                        # Histogram.observe twice, inlined. Successes are not counted: they
+                        # are the duration histogram's count minus the failures.
+                        end = perf_counter()
+                        wait = now - job.enqueued
+                        took = end - now
+                        now = end
+                        try:
+                            take()
+                        except IndexError:
+                            lock.acquire()
+                        wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
+                        wait_hist.sum += wait
+                        run_hist.counts[bisect_left(run_bounds, took)] += 1
+                        run_hist.sum += took
+                        if failed:
+                            jobs[JOB_FAIL] += 1
+                        give(True)
                         self.job = None
-                        pool._busy -= 1
-                        dropped._finish_cancelled()
-                    elif self in pool._idle:
-                        pool._idle.remove(self)
-                    raise
-                now = perf_counter()
-                if self.handoff is None and pool._closed:
-                    return True  # woken by close with nothing to do
-                continue  # run the handed-over job (or look again: it was taken back)
-            try:
-                if job._is_async:
-                    value = await job._fn(*job._args)
-                else:
-                    value = await anyio.to_thread.run_sync(
-                        job._fn, *job._args, limiter=pool._limiter
-                    )
-                    if isawaitable(value):
-                        value = await value
-            except cancelled_exc:
-                wait = now - job.enqueued
-                with lock:
-                    wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
-                    wait_hist.sum += wait
-                pool._busy -= 1
-                self.job = None
-                job._finish_cancelled()
-                raise
-            except BaseException as exc:
-                outcome = FAIL
-                pool._failed += 1
-                job._result = exc
-                job._state = FAILED
-                pool._unretrieved.add(job)
-                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit...
-                    pool._fatal = exc
-                    pool._abort()
-            else:
-                outcome = OK
-                pool._succeeded += 1
-                job._result = value
-                job._state = SUCCEEDED
-            end = perf_counter()
-            wait = now - job.enqueued
-            took = end - now
-            now = end
-            try:  # Histogram.observe, inlined: this runs once per job
-                take()
-            except IndexError:
-                lock.acquire()
-            jobs[outcome] += 1
-            wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
-            wait_hist.sum += wait
-            run_hist.counts[bisect_left(run_bounds, took)] += 1
-            run_hist.sum += took
-            give(True)
-            pool._busy -= 1
-            self.job = None
-            if job._waiters is not None or job._owner is not None:
-                job._wake()
-            if self.cancelling:  # a cancel aimed at the job came too late: renew the scope
-                return False
+                        if job._waiters is not None:
+                            job._wake()
+                        else:
+                            owner = job._owner
+                            if owner is not None:
+                                owner._job_done(job)
+                parked = False  # a job was cancelled through its handle: fresh scope
+        finally:
+            pool._live_workers -= 1
+            if pool._live_workers == 0 and pool._drained is not None:
+                pool._drained.set()

@@ -560,11 +560,11 @@ async def test_jobs_may_submit_more_jobs() -> None:
         assert await p.run(parent, 1) == 2
 
 
-async def test_closing_a_map_whose_feeder_waits_for_room_keeps_exact_accounts() -> None:
+async def test_closing_a_map_whose_jobs_wait_for_room_keeps_exact_accounts() -> None:
     gate = Gate()
     async with pool(workers=1, queue_size=1) as p:
         p.submit_nowait(gate.job, 0)
-        p.submit_nowait(gate.job, 1)  # the pool is full: the map's feeder has to wait
+        p.submit_nowait(gate.job, 1)  # the pool is full: the map's jobs wait in its backlog
         results = p.map(gate.job, range(10, 20))
         async with anyio.create_task_group() as tg:
 
@@ -573,16 +573,45 @@ async def test_closing_a_map_whose_feeder_waits_for_room_keeps_exact_accounts() 
 
             tg.start_soon(first)
             await anyio.wait_all_tasks_blocked()
-            assert p.statistics().waiting_submitters == 1
+            s = p.statistics()
+            assert (s.submitted, s.queued, s.waiting_submitters) == (2, 1, 0)
+            assert len(p._backlog) == 4  # read ahead up to the window: 2 * (1 + 1)
             tg.cancel_scope.cancel()
         await results.aclose()
         await anyio.wait_all_tasks_blocked()
         s = p.statistics()
         assert s.waiting_submitters == 0
+        assert not p._backlog
         assert s.submitted == 2 == s.queued + s.running
         assert s.cancelled == 0  # the map's job was never submitted
         gate.release.set()
     assert gate.finished == [0, 1]
+
+
+async def test_blocked_submitters_go_before_a_maps_backlog() -> None:
+    gate = Gate()
+    got: list[int] = []
+    async with pool(workers=1, queue_size=1) as p:
+        p.submit_nowait(gate.job, 0)
+        p.submit_nowait(gate.job, 1)
+        async with aclosing(p.map(gate.job, range(10, 13))) as results:
+
+            async def consume() -> None:
+                got.extend([r async for r in results])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await anyio.wait_all_tasks_blocked()
+                assert len(p._backlog) == 3  # read ahead, not submitted
+                assert p.statistics().submitted == 2
+                tg.start_soon(p.submit, gate.job, 2)
+                await anyio.wait_all_tasks_blocked()
+                assert p.statistics().waiting_submitters == 1
+                gate.release.set()
+    assert got == [10, 11, 12]
+    assert gate.started == [0, 1, 2, 10, 11, 12]
+    s = p.statistics()
+    assert (s.submitted, s.succeeded, s.cancelled) == (6, 6, 0)
 
 
 async def test_submitter_cancelled_just_as_room_appears_loses_nothing() -> None:
