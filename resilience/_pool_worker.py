@@ -7,7 +7,6 @@ inline (one lock, a few additions per job) and hands each outcome to the job's h
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from inspect import isawaitable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -83,12 +82,12 @@ class Worker:
         backlog = pool._backlog
         series = pool._series
         lock = series.lock
-        take, give = lock.take, lock.give  # the token lock's inline form (see _lock)
         jobs = series.jobs
-        wait_hist = series.queue_wait
-        wait_bounds = wait_hist.bounds
-        run_hist = series.job_duration
-        run_bounds = run_hist.bounds
+        # metric samples are appended raw and folded into the histograms in batches
+        wait_add = series.queue_wait.pending.append
+        run_pending = series.job_duration.pending
+        run_add = run_pending.append
+        fold_at = series.job_duration.FOLD_AT
         cancelled_exc = anyio.get_cancelled_exc_class()
         parked = True  # registered as idle before we first ran
         now = perf_counter()
@@ -163,10 +162,7 @@ class Worker:
                                 if isawaitable(value):
                                     value = await value
                         except cancelled_exc:
-                            wait = now - job.enqueued
-                            with lock:
-                                wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
-                                wait_hist.sum += wait
+                            wait_add(now - job.enqueued)
                             self.job = None
                             job._finish_cancelled()
                             raise
@@ -183,23 +179,19 @@ class Worker:
                             job._result = value
                             job._state = SUCCEEDED
                             failed = False
-                        # Histogram.observe twice, inlined. Successes are not counted: they
-                        # are the duration histogram's count minus the failures.
                         end = perf_counter()
-                        wait = now - job.enqueued
-                        took = end - now
+                        if failed:  # samples and count together: successes are derived
+                            with lock:
+                                wait_add(now - job.enqueued)
+                                run_add(end - now)
+                                jobs[JOB_FAIL] += 1
+                        else:
+                            wait_add(now - job.enqueued)
+                            run_add(end - now)
                         now = end
-                        try:
-                            take()
-                        except IndexError:
-                            lock.acquire()
-                        wait_hist.counts[bisect_left(wait_bounds, wait)] += 1
-                        wait_hist.sum += wait
-                        run_hist.counts[bisect_left(run_bounds, took)] += 1
-                        run_hist.sum += took
-                        if failed:
-                            jobs[JOB_FAIL] += 1
-                        give(True)
+                        if len(run_pending) >= fold_at:
+                            with lock:
+                                series.fold()
                         self.job = None
                         if job._waiters is not None:
                             job._wake()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from resilience import WorkerPool
+from resilience._exporter import DURATION_BUCKETS, Histogram
 
 
 def sample(registry: CollectorRegistry, name: str, pool: str, **labels: str) -> float | None:
@@ -108,3 +111,50 @@ async def test_dropped_and_cancelled_jobs_on_error_exit_count_as_cancelled(
     assert sample(metrics_registry, jobs, "dropped", outcome="success") == 0
     assert sample(metrics_registry, "resilience_pool_workers_busy", "dropped") == 0
     assert sample(metrics_registry, "resilience_pool_queue_depth", "dropped") == 0
+
+
+# -- batched histogram recording (what the workers use) ------------------------------------
+
+_values = st.lists(
+    st.one_of(
+        st.sampled_from([0.0, *DURATION_BUCKETS, 11.0]),  # exactly on a bound, and beyond
+        st.floats(min_value=0.0, max_value=20.0, allow_nan=False),
+    ),
+    max_size=300,
+)
+
+
+@given(batches=st.lists(_values, max_size=5))
+def test_folding_pending_values_equals_observing_them_one_by_one(
+    batches: list[list[float]],
+) -> None:
+    observed, folded = Histogram(), Histogram()
+    for batch in batches:
+        for value in batch:
+            observed.observe(value)
+        folded.pending.extend(batch)
+        folded.fold()
+    assert folded.counts == observed.counts
+    assert folded.sum == pytest.approx(observed.sum)
+    assert folded.pending == []
+
+
+def test_a_value_appended_while_a_fold_runs_is_kept_for_the_next_one() -> None:
+    class RacyList(list[float]):
+        """A pending list where another thread appends right after the fold's copy."""
+
+        def __getitem__(self, index):  # type: ignore[no-untyped-def]
+            out = super().__getitem__(index)
+            if isinstance(index, slice):
+                self.append(0.2)
+            return out
+
+    hist = Histogram()
+    hist.pending = RacyList([0.001, 0.001])
+    hist.fold()
+    assert hist.pending == [0.2]  # not lost: folded next time
+    assert sum(hist.counts) == 2
+    hist.pending = []
+    hist.pending.append(0.2)
+    hist.fold()
+    assert sum(hist.counts) == 3
