@@ -280,9 +280,26 @@ def main() -> None:
             f"*_nowait ({nap_pool.wall / (SLEEP_WORKERS * 1000):.0%} of ideal, streams "
             f"{nap_raw.wall / (SLEEP_WORKERS * 1000):.0%})"
         )
-    for b in ("asyncio", "trio"):
-        print(f"{b}: peak memory of map over {items:,} items: "
-              f"{memory_peak(b, items):.1f} MiB above baseline (RSS)")
+    peaks = {b: memory_peak(b, items) for b in ("asyncio", "trio")}
+    for b, peak in peaks.items():
+        print(f"{b}: peak memory of map over {items:,} items: {peak:.1f} MiB above baseline (RSS)")
+    print()
+    print("targets (issue 3):")
+    for b, map_target in (("asyncio", 300_000), ("trio", 250_000)):
+        r = results[b]
+        sleep_ratio = r["sleep 1ms: pool.map"].wall / r["sleep 1ms: streams *_nowait"].wall
+        checks = [
+            (f"pool.map >= {map_target:,} jobs/s", r["pool.map"].wall >= map_target,
+             f"{r['pool.map'].wall:,.0f}"),
+            ("submit + await each handle >= 100,000 jobs/s",
+             r["pool.submit all, await each handle"].wall >= 100_000,
+             f"{r['pool.submit all, await each handle'].wall:,.0f}"),
+            (f"map over {items:,} items < 20 MiB", peaks[b] < 20, f"{peaks[b]:.1f} MiB"),
+            ("sleep 1ms: pool.map >= 0.9x streams *_nowait", sleep_ratio >= 0.9,
+             f"{sleep_ratio:.2f}x"),
+        ]
+        for label, ok, value in checks:
+            print(f"  {'PASS' if ok else 'MISS'}  {b:<8}{label:<48}{value:>12}")
 
 
 if __name__ == "__main__":

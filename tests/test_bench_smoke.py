@@ -1,0 +1,51 @@
+"""The benchmark's resilience cases still run against the current API (not a timing test).
+
+``make bench`` is not part of ``make test`` (it takes minutes and needs the peer libraries),
+so these run each of our own cases once, small, with the one-time checks its setup makes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's bench/
+
+from bench import commands_bench, pool_bench
+
+
+@pytest.mark.parametrize(
+    "case", commands_bench._resilience_async_cases(), ids=lambda case: case.name
+)
+async def test_command_cases_check_and_run(case: commands_bench.AsyncCase) -> None:
+    loop = await case.setup()
+    await loop(50)
+
+
+@pytest.mark.parametrize(("timeout", "via_run"), [(1.0, False), (None, False), (1.0, True)])
+def test_sync_command_cases_check_and_run(timeout: float | None, via_run: bool) -> None:
+    commands_bench._sync_decorated(timeout, via_run)()(20)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pool_bench.pool_map(pool_bench.trivial, pool_bench.WORKERS),
+        pool_bench.pool_map(pool_bench.nap, pool_bench.SLEEP_WORKERS),
+        pool_bench.pool_submit_all,
+        pool_bench.pool_round_trip,
+        pool_bench.streams_naive,
+        pool_bench.streams_nowait(pool_bench.nap, pool_bench.SLEEP_WORKERS),
+    ],
+    ids=["map", "map-sleep", "submit-all", "round-trip", "streams", "streams-nowait"],
+)
+async def test_pool_cases_run(case: pool_bench.Case) -> None:
+    with anyio.fail_after(30):
+        await case(300)
+
+
+def test_pool_memory_child_reports_a_number() -> None:
+    assert pool_bench.memory_peak("asyncio", 2_000) >= 0.0
