@@ -1,7 +1,8 @@
 """Property test: whatever submitters, jobs and cancellations do, no pool capacity is lost.
 
-Random sequences of blocking submits, ``submit_nowait``, cancelled submitters (also in the
-race windows around admission), job cancellations and job completions. After
+Random sequences of blocking submits, ``submit_nowait``, ``map`` consumers (whose read-ahead
+waits in the backlog), cancelled submitters and map consumers (also in the race windows
+around admission), job cancellations and job completions. After
 every step (once every task is blocked) the accounting must be exact: at most ``workers``
 running, at most ``queue_size`` queued, no idle worker while jobs are queued, no unused room
 while submitters wait. At the end the pool must still take exactly ``workers + queue_size``.
@@ -9,6 +10,7 @@ while submitters wait. At the end the pool must still take exactly ``workers + q
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -27,6 +29,7 @@ OPS = st.one_of(
     st.tuples(st.just("finish_then_cancel"), st.integers(0, 30), st.integers(0, 30),
               st.integers(0, 3)),
     st.tuples(st.just("cancel_then_finish"), st.integers(0, 30), st.integers(0, 30)),
+    st.tuples(st.just("map"), st.integers(1, 6)),
 )
 
 
@@ -36,6 +39,7 @@ class Model:
         self.handles: list[JobHandle[Any]] = []
         self.scopes: list[anyio.CancelScope] = []
         self.running = 0
+        self.succeeded = 0  # counted here, to check the pool's (derived) count
 
     async def job(self, gate: anyio.Event) -> None:
         self.running += 1
@@ -43,6 +47,7 @@ class Model:
             await gate.wait()
         finally:
             self.running -= 1
+        self.succeeded += 1
 
     def new_gate(self) -> anyio.Event:
         gate = anyio.Event()
@@ -55,10 +60,11 @@ def check(p: WorkerPool, model: Model) -> None:
     assert 0 <= s.running <= p.workers
     assert 0 <= s.queued <= p.queue_size
     assert s.running == model.running  # the busy count is what really runs
-    assert s.submitted == s.succeeded + s.failed + s.cancelled + s.queued + s.running
+    assert s.succeeded == model.succeeded
+    assert s.failed == 0 and s.cancelled >= 0
     if s.queued:
         assert s.running == p.workers  # nobody idles while work waits
-    if s.waiting_submitters:
+    if s.waiting_submitters or p._backlog:  # nothing waits while there is room
         assert s.queued == p.queue_size and s.running == p.workers
 
 
@@ -81,6 +87,12 @@ async def test_no_capacity_is_ever_lost(workers: int, queue_size: int, ops: list
                 with scope:
                     model.handles.append(await p.submit(model.job, gate))
 
+            async def mapper(gates: list[anyio.Event], scope: anyio.CancelScope) -> None:
+                with scope:
+                    async with aclosing(p.map(model.job, gates)) as results:
+                        async for _ in results:
+                            pass
+
             await anyio.wait_all_tasks_blocked()
             for op in ops:
                 kind = op[0]
@@ -93,6 +105,10 @@ async def test_no_capacity_is_ever_lost(workers: int, queue_size: int, ops: list
                         model.handles.append(p.submit_nowait(model.job, model.new_gate()))
                     except PoolFullError:
                         pass
+                elif kind == "map":
+                    scope = anyio.CancelScope()
+                    model.scopes.append(scope)
+                    tg.start_soon(mapper, [model.new_gate() for _ in range(op[1])], scope)
                 elif kind == "cancel_submitter" and model.scopes:
                     model.scopes[op[1] % len(model.scopes)].cancel()
                 elif kind == "cancel_job" and model.handles:
@@ -130,6 +146,7 @@ async def test_no_capacity_is_ever_lost(workers: int, queue_size: int, ops: list
         final.set()
     stats = p.statistics()
     assert (stats.running, stats.queued, stats.waiting_submitters) == (0, 0, 0)
+    assert stats.succeeded == model.succeeded
     assert stats.submitted == stats.succeeded + stats.cancelled
     for h in model.handles:
         assert h.done()
