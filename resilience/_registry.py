@@ -56,7 +56,13 @@ class Registry:
         self._hub = Hub.of(metrics_registry)
         self._clock: Callable[[], float] = clock or time.monotonic
         self._circuits: dict[str, Circuit] = {}
-        self._callers: dict[tuple[str, Any, Any], Callable[..., Coroutine[Any, Any, Any]]] = {}
+        # run()'s callers: name -> fn -> caller without a fallback (two dict lookups, no key
+        # tuple on the hot path); (name, fn, fallback) -> caller with one
+        self._callers: dict[str, dict[Any, Callable[..., Coroutine[Any, Any, Any]]]] = {}
+        self._fallback_callers: dict[
+            tuple[str, Any, Any], Callable[..., Coroutine[Any, Any, Any]]
+        ] = {}
+        self._cached_callers = 0
         self._lock = threading.Lock()
 
     def get_circuit(self, name: str) -> Circuit:
@@ -141,17 +147,35 @@ class Registry:
         any other callable runs in a worker thread (an awaitable it returns is awaited here,
         under the same deadline). Returns the call's coroutine, so awaiting it costs one frame.
         """
-        key = (name, fn, fallback)
         try:
-            caller = self._callers.get(key)
-        except TypeError:  # an unhashable callable: no caching
-            return self._caller(name, fn, fallback)(*args)
-        if caller is None:
-            caller = self._caller(name, fn, fallback)
-            if len(self._callers) >= _MAX_CACHED_CALLERS:
-                self._callers.clear()  # e.g. a fresh lambda or partial per call
-            self._callers[key] = caller
+            if fallback is None:
+                caller = self._callers[name][fn]
+            else:
+                caller = self._fallback_callers[name, fn, fallback]
+        except (KeyError, TypeError):  # first call for this fn, or an unhashable fn
+            caller = self._new_caller(name, fn, fallback)
         return caller(*args)
+
+    def _new_caller(
+        self, name: str, fn: Callable[..., Any], fallback: Fallback | None
+    ) -> Callable[..., Coroutine[Any, Any, Any]]:
+        """Build (and cache, if ``fn`` is hashable) the caller ``run`` uses."""
+        caller = self._caller(name, fn, fallback)
+        try:
+            hash(fn)
+        except TypeError:
+            return caller  # an unhashable callable: no caching
+        if self._cached_callers >= _MAX_CACHED_CALLERS:
+            # e.g. a fresh lambda or partial per call: start over rather than grow
+            self._callers.clear()
+            self._fallback_callers.clear()
+            self._cached_callers = 0
+        if fallback is None:
+            self._callers.setdefault(name, {})[fn] = caller
+        else:
+            self._fallback_callers[name, fn, fallback] = caller
+        self._cached_callers += 1
+        return caller
 
     def _caller(
         self, name: str, fn: Callable[..., Any], fallback: Fallback | None

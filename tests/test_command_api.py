@@ -570,3 +570,48 @@ async def _timeout_once(reg: resilience.Registry) -> None:
         await reg.run(NAME, anyio.sleep_forever)
     finally:
         reg.configure_command(NAME, timeout=0.5)
+
+
+# -- run()'s cache of callers ------------------------------------------------------------------
+
+
+class _Unhashable:
+    """A callable that cannot be a dict key (it defines __eq__ without __hash__)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unhashable)
+
+    def __call__(self, x: int) -> int:
+        return x * 2
+
+
+async def test_run_caches_per_name_fn_and_fallback(reg: resilience.Registry) -> None:
+    assert await reg.run("a", ok) == "ok"
+    assert await reg.run("b", ok) == "ok"
+    assert await reg.run("a", ok) == "ok"
+    assert reg.get_circuit("a").statistics().successes == 2
+    assert reg.get_circuit("b").statistics().successes == 1
+    # the same function with and without a fallback: each call gets its own
+    boom = failing(Boom("down"))
+    assert await reg.run("f", boom, fallback=lambda exc: "fallback") == "fallback"
+    with pytest.raises(Boom):
+        await reg.run("f", boom)
+    assert await reg.run("f", boom, fallback=lambda exc: "again") == "again"
+
+
+async def test_run_takes_unhashable_callables(reg: resilience.Registry) -> None:
+    fn = _Unhashable()
+    assert await reg.run("u", fn, 2) == 4
+    assert await reg.run("u", fn, 3) == 6
+    assert reg.get_circuit("u").statistics().successes == 2
+
+
+async def test_run_caller_cache_stays_bounded(reg: resilience.Registry) -> None:
+    async def one(i: int) -> int:
+        return i
+
+    for i in range(3000):  # a fresh partial per call: never the same key twice
+        assert await reg.run("bounded", functools.partial(one, i)) == i
+    cached = sum(len(callers) for callers in reg._callers.values())
+    assert cached + len(reg._fallback_callers) <= 1024
+    assert reg.get_circuit("bounded").statistics().successes == 3000
