@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import PoolClosedError
 
@@ -27,11 +27,6 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = range(5)
 _STATE_NAMES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-class JobOwner(Protocol):
-    """Something told when one of its jobs finishes (a ``map`` iterator)."""
-
-    def _job_done(self, job: JobHandle[Any]) -> None: ...
-
 
 class JobHandle(Generic[T]):
     """One job submitted to a pool. ``await handle`` gives its value or re-raises its error.
@@ -44,12 +39,12 @@ class JobHandle(Generic[T]):
     __slots__ = (
         "__weakref__",
         "_args",
+        "_callback",
         "_fn",
         "_is_async",
         "_owner",
         "_pool",
         "_result",
-        "_slot",
         "_state",
         "_waiters",
         "enqueued",
@@ -61,17 +56,18 @@ class JobHandle(Generic[T]):
         fn: Callable[..., Any],
         args: tuple[Any, ...] | list[Any],
         is_async: bool,
-        owner: JobOwner | None = None,
+        owner: object = None,
+        callback: Callable[[JobHandle[Any]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._fn = fn
         self._args: Any = args  # a tuple, or the one-item list a map job reuses
         self._is_async = is_async
-        self._owner = owner
+        self._owner = owner  # the map that made it, if any
+        self._callback = callback  # told when it finishes (an unordered map)
         self._state = QUEUED
         self._result: Any = None  # the value, or the exception once FAILED
         self._waiters: list[Waiter] | None = None  # one per task awaiting the handle
-        self._slot: Any = None  # the worker slot running it (for cancel)
         self.enqueued = perf_counter()  # when it entered the queue (queue-wait metric)
 
     def __repr__(self) -> str:
@@ -98,7 +94,10 @@ class JobHandle(Generic[T]):
             self._finish_cancelled(counted=self._pool._unqueue(self))
             return True
         if state == RUNNING:
-            self._slot.cancel_job(self)
+            for worker in self._pool._workers:  # rare: no back-reference kept per job
+                if worker.job is self:
+                    worker.cancel_job(self)
+                    break
             return True
         return False
 
@@ -146,9 +145,9 @@ class JobHandle(Generic[T]):
             self._waiters = None
             for waiter in waiters:
                 waiter.set()
-        owner = self._owner
-        if owner is not None:
-            owner._job_done(self)
+        callback = self._callback
+        if callback is not None:
+            callback(self)
 
     def _finish_cancelled(self, counted: bool = True) -> None:
         """Drop or cancel the job (counted as ``cancelled`` in the pool's metrics)."""

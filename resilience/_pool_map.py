@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from inspect import iscoroutinefunction
+from itertools import islice
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -109,14 +110,13 @@ class MapIterator(Generic[A, T]):
         while True:
             if results:
                 job = results[0]
-                if job._state >= SUCCEEDED:
+                state = job._state
+                if state >= SUCCEEDED:
                     results.popleft()
                     self._outstanding -= 1
-                    feeder = self._feeder
-                    if feeder is not None and self._outstanding <= self._refill_at:
-                        self._feeder = None
-                        feeder.set()
-                    if job._state == SUCCEEDED:
+                    if self._feeder is not None and self._outstanding <= self._refill_at:
+                        self._wake_feeder()
+                    if state == SUCCEEDED:
                         value: T = job._result
                         job._result = None
                         self._spare.append(job)
@@ -139,10 +139,23 @@ class MapIterator(Generic[A, T]):
                     f"pool {self._pool.name!r}: another task is already waiting on this map()"
                 )
             event = self._consumer = self._pool._new_waiter()
+            # ordered: wait on the head job itself, so the workers finishing the other jobs
+            # have nobody to tell; with no job yet, the feeder wakes us when it submits one
+            head = results[0] if results and self._ordered else None
+            if head is not None:
+                if head._waiters is None:
+                    head._waiters = [event]
+                else:
+                    head._waiters.append(event)
             try:
                 await event.wait()
             finally:
                 self._consumer = None
+                if head is not None and head._waiters is not None:
+                    if event in head._waiters:
+                        head._waiters.remove(event)
+                    if not head._waiters:
+                        head._waiters = None
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -199,6 +212,12 @@ class MapIterator(Generic[A, T]):
         for job in mine:
             job._finish_cancelled(counted=False)
 
+    def _wake_feeder(self) -> None:
+        feeder = self._feeder
+        if feeder is not None:
+            self._feeder = None
+            feeder.set()
+
     def _wake_consumer(self) -> None:
         consumer = self._consumer
         if consumer is not None:
@@ -206,17 +225,13 @@ class MapIterator(Generic[A, T]):
             consumer.set()
 
     def _job_done(self, job: JobHandle[Any]) -> None:
-        if self._ordered:
-            results = self._results
-            if results and results[0] is job:
-                self._wake_consumer()
-        elif not self._finished:
+        """Unordered only: a job finished, queue its result in finishing order."""
+        if not self._finished:
             self._live.discard(job)
             self._results.append(job)
             self._wake_consumer()
 
     async def _feed(self) -> None:
-        pool = self._pool
         iterable = self._iterable
         self._iterable = None
         try:
@@ -224,16 +239,17 @@ class MapIterator(Generic[A, T]):
                 self._feed_scope = scope
                 if self._finished:
                     return
-                fast = self._put_nowait
                 if isinstance(iterable, AsyncIterable):
                     async for item in iterable:
-                        if not fast(item):
-                            await self._submit(pool, item)
+                        await self._wait_room()
+                        self._push((item,))
                 else:
                     assert iterable is not None
-                    for item in iterable:
-                        if not fast(item):
-                            await self._submit(pool, item)
+                    items = iter(iterable)
+                    while True:  # a batch at a time: as many as the window has room for
+                        room = await self._wait_room()
+                        if self._push(islice(items, room)) < room:
+                            break  # the input is exhausted
                 self._exhausted = True
         except _Stopped:
             pass
@@ -246,45 +262,53 @@ class MapIterator(Generic[A, T]):
             self._feeding = False
             self._wake_consumer()
 
-    def _put_nowait(self, item: A) -> bool:
-        """Submit ``item`` unless the window is full (False) or the map or pool is done.
-
-        The job goes to an idle worker, into the queue, or (queue full) to the pool's backlog,
-        which workers drain into the queue: the feeder only ever waits for window room.
-        """
-        if self._outstanding >= self._window or self._finished:
-            return False
+    async def _wait_room(self) -> int:
+        """Wait for room in the window and return how much; the consumer wakes us."""
         pool = self._pool
-        if pool._closed:
-            return False
-        spare = self._spare
-        if spare:  # reuse a consumed handle (see __init__)
-            job = spare.pop()
-            job._args[0] = item  # a one-item list: the worker's fn(*args) copies it
-            job._state = QUEUED
-        else:
-            job = JobHandle(pool, self._fn, [item], self._is_async, self)
-        # record it before it can finish
-        if self._ordered:
-            self._results.append(job)
-        else:
-            self._live.add(job)
-        self._outstanding += 1
-        backlog = pool._backlog
-        if backlog:  # behind earlier jobs; stamped when admitted into the queue
-            backlog.append(job)
-        else:
-            job.enqueued = perf_counter()
-            if not pool._put_nowait(job):  # no idle worker and no room in the queue
-                backlog.append(job)
-        return True
-
-    async def _submit(self, pool: WorkerPool, item: A) -> None:
-        """Slow path: wait for window room, then submit."""
-        while not self._put_nowait(item):
+        while True:
             if self._finished:  # stopped while we were runnable: cancellation may lag
                 raise _Stopped
             if pool._closed:
                 raise PoolClosedError(f"pool {pool.name!r} is closed", pool=pool.name)
-            event = self._feeder = self._pool._new_waiter()
+            room = self._window - self._outstanding
+            if room > 0:
+                return room
+            event = self._feeder = pool._new_waiter()
             await event.wait()
+
+    def _push(self, items: Iterable[A]) -> int:
+        """Submit one job per item (the window has room for them all); how many there were.
+
+        A job goes to an idle worker, into the queue, or (queue full) to the pool's backlog,
+        which the workers drain into the queue: the feeder only ever waits for window room.
+        Nothing here awaits, so nothing else runs while a batch is pushed.
+        """
+        pool = self._pool
+        put, backlog = pool._put_nowait, pool._backlog
+        spare, fn, is_async = self._spare, self._fn, self._is_async
+        if self._ordered:
+            record, callback = self._results.append, None
+        else:
+            record, callback = self._live.add, self._job_done
+        n = 0
+        try:
+            for item in items:
+                if spare:  # reuse a consumed handle (see __init__)
+                    job = spare.pop()
+                    job._args[0] = item  # a one-item list: the worker's fn(*args) copies it
+                    job._state = QUEUED
+                else:
+                    job = JobHandle(pool, fn, [item], is_async, self, callback)
+                record(job)  # before it can finish
+                n += 1
+                if backlog:  # behind earlier jobs; stamped when admitted into the queue
+                    backlog.append(job)
+                else:
+                    job.enqueued = perf_counter()
+                    if not put(job):  # no idle worker and no room in the queue
+                        backlog.append(job)
+        finally:  # also when the input raises: the jobs pushed so far are in flight
+            self._outstanding += n
+            if n and self._consumer is not None and self._ordered and len(self._results) == n:
+                self._wake_consumer()  # it waits with no job to wait on: now there is one
+        return n

@@ -65,7 +65,6 @@ class Worker:
         """Hand ``job`` to this idle worker (already removed from the idle list)."""
         self.handoff = job
         job._state = RUNNING
-        job._slot = self
         self.job = job
         self.event.set()
 
@@ -110,7 +109,6 @@ class Worker:
                                 queue.append(waiting)
                                 pool._submitted += 1
                             job._state = RUNNING
-                            job._slot = self
                             self.job = job
                         elif submitters:  # rendezvous (queue_size=0): take the job directly
                             sub = submitters.popleft()
@@ -120,14 +118,12 @@ class Worker:
                             job = sub.job
                             job.enqueued = now
                             job._state = RUNNING
-                            job._slot = self
                             self.job = job
                         elif backlog:  # a map read ahead while the queue was full
                             job = backlog.popleft()
                             pool._submitted += 1
                             job.enqueued = now
                             job._state = RUNNING
-                            job._slot = self
                             self.job = job
                         elif pool._closed:
                             return
@@ -167,25 +163,22 @@ class Worker:
                             job._finish_cancelled()
                             raise
                         except BaseException as exc:
+                            end = perf_counter()
                             job._result = exc
                             job._state = FAILED
                             pool._failed += 1
                             pool._unretrieved.add(job)
-                            failed = True
+                            with lock:  # samples and count together: successes are derived
+                                wait_add(now - job.enqueued)
+                                run_add(end - now)
+                                jobs[JOB_FAIL] += 1
                             if not isinstance(exc, Exception):  # KeyboardInterrupt...
                                 pool._fatal = exc
                                 pool._abort()
                         else:
+                            end = perf_counter()
                             job._result = value
                             job._state = SUCCEEDED
-                            failed = False
-                        end = perf_counter()
-                        if failed:  # samples and count together: successes are derived
-                            with lock:
-                                wait_add(now - job.enqueued)
-                                run_add(end - now)
-                                jobs[JOB_FAIL] += 1
-                        else:
                             wait_add(now - job.enqueued)
                             run_add(end - now)
                         now = end
@@ -193,12 +186,8 @@ class Worker:
                             with lock:
                                 series.fold()
                         self.job = None
-                        if job._waiters is not None:
-                            job._wake()
-                        else:
-                            owner = job._owner
-                            if owner is not None:
-                                owner._job_done(job)
+                        if job._waiters is not None or job._callback is not None:
+                            job._wake()  # someone awaits it, or an unordered map
                 parked = False  # a job was cancelled through its handle: fresh scope
         finally:
             pool._live_workers -= 1
