@@ -1,13 +1,14 @@
 """``WorkerPool.map``: a lazy, bounded, cancellable async iterator of job results.
 
-A feeder task (running in the pool's task group) reads the input and submits jobs while this
-map has fewer than ``2 * (workers + queue_size)`` jobs submitted and not yet consumed, so
-memory is bounded by the pool, not by the input. (Twice the pool's capacity, so that results
-waiting for the consumer do not keep the queue from being refilled.) The consumer and the
-feeder wake each other only when one of them actually waits, and a feeder facing a full queue
-waits for it to drain to half: a steady stream costs a few task switches per queue-full.
+A feeder task (running in the pool's task group) reads the input while this map has fewer
+than ``2 * (workers + queue_size)`` jobs read and not yet consumed, so memory is bounded by
+the pool, not by the input. (Twice the pool's capacity, so that results waiting for the
+consumer do not keep the queue from being refilled.) It reads a sync input in batches as large
+as that window allows; what does not fit in the queue waits in the pool's backlog, which the
+workers drain into the queue as they take jobs, so the feeder only ever waits for the
+consumer. An ordered map's consumer waits on the head job itself. Handles of consumed results
+are reused: a steady stream allocates nothing per job that outlives the job.
 """
-
 from __future__ import annotations
 
 from collections import deque
