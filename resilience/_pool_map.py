@@ -183,6 +183,7 @@ class MapIterator(Generic[A, T]):
         pending = list(self._results) if self._ordered else list(self._live)
         self._results.clear()
         self._live.clear()
+        self._spare.clear()  # they point back at us: free them now, not at the next GC
         self._drop_backlog()
         for job in pending:
             job.cancel()

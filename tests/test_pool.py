@@ -717,3 +717,10 @@ async def test_map_as_a_context_manager_closes_itself() -> None:
         assert (p.statistics().running, p.statistics().queued) == (0, 0)
         assert sorted(gate.cancelled) == [0, 1]
         assert [r async for r in results] == []  # a closed map yields nothing more
+
+
+async def test_a_finished_map_keeps_no_handles_for_reuse() -> None:
+    async with pool(workers=2, queue_size=2) as p:
+        results = p.map(echo, range(50))
+        assert [r async for r in results] == list(range(50))
+        assert not results._spare and not results._results
