@@ -108,8 +108,6 @@ class Worker:
                                 waiting.enqueued = now
                                 queue.append(waiting)
                                 pool._submitted += 1
-                            job._state = RUNNING
-                            self.job = job
                         elif submitters:  # rendezvous (queue_size=0): take the job directly
                             sub = submitters.popleft()
                             sub.state = ACCEPTED
@@ -117,14 +115,10 @@ class Worker:
                             sub.event.set()
                             job = sub.job
                             job.enqueued = now
-                            job._state = RUNNING
-                            self.job = job
                         elif backlog:  # a map read ahead while the queue was full
                             job = backlog.popleft()
                             pool._submitted += 1
                             job.enqueued = now
-                            job._state = RUNNING
-                            self.job = job
                         elif pool._closed:
                             return
                         else:
@@ -148,6 +142,8 @@ class Worker:
                             if self.handoff is None and pool._closed:
                                 return  # woken by close with nothing to do
                             continue  # run the handed-over job (or look again)
+                        job._state = RUNNING  # (a handed-over job already is)
+                        self.job = job
                         try:
                             if job._is_async:
                                 value = await job._fn(*job._args)
