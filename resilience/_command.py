@@ -20,8 +20,6 @@ from typing import Any
 
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
-from sniffio import current_async_library_cvar as _sniffio_cvar
-from sniffio import thread_local as _sniffio_local
 
 from ._circuit import CANCELLED, IGNORED, Circuit
 from ._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
@@ -38,9 +36,11 @@ _CancelledError = asyncio.CancelledError
 _REFUSED = (CircuitOpenError, MaxConcurrencyError)  # what _admit raises
 
 
+from ._backend import running_loop as _running_loop_or_none
+
+
 def _on_asyncio() -> bool:
-    # sniffio's own markers, read without its fallback probing: trio sets one of them.
-    return (_sniffio_local.name or _sniffio_cvar.get() or "asyncio") == "asyncio"
+    return _running_loop_or_none() is not None
 
 
 def _kind_of(circ: Circuit, exc: BaseException) -> int:

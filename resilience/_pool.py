@@ -32,11 +32,11 @@ import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
+from ._backend import Waiter, waiter_factory
 from ._errors import PoolClosedError, PoolFullError
 from ._exporter import JOB_CANCEL, Hub
 from ._pool_job import JobHandle, PoolStatistics
 from ._pool_map import MapIterator
-from ._pool_wait import Waiter, waiter_factory
 from ._pool_worker import ACCEPTED, REFUSED, WAITING, Submitter, Worker
 
 __all__ = ["WorkerPool"]

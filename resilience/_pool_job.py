@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ._errors import PoolClosedError
 
 if TYPE_CHECKING:
+    from ._backend import Waiter
     from ._pool import WorkerPool
-    from ._pool_wait import Waiter
 
 __all__ = ["JobHandle", "PoolStatistics"]
 

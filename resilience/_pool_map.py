@@ -25,8 +25,8 @@ from ._errors import PoolClosedError
 from ._pool_job import QUEUED, SUCCEEDED, JobHandle
 
 if TYPE_CHECKING:
+    from ._backend import Waiter
     from ._pool import WorkerPool
-    from ._pool_wait import Waiter
 
 __all__ = ["MapIterator"]
 

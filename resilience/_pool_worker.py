@@ -17,8 +17,8 @@ from ._exporter import JOB_FAIL
 from ._pool_job import FAILED, RUNNING, SUCCEEDED, JobHandle
 
 if TYPE_CHECKING:
+    from ._backend import Waiter
     from ._pool import WorkerPool
-    from ._pool_wait import Waiter
 
 __all__ = ["Submitter", "Worker"]
 
