@@ -7,23 +7,33 @@ on anyio: the same code runs on asyncio and trio.
 
 from __future__ import annotations
 
-from ._circuit import Circuit, CircuitState, CircuitStatistics
+from importlib.metadata import PackageNotFoundError, version
+
+from ._circuit import Circuit, CircuitState
 from ._config import CommandConfig
+from ._decorate import CommandDecorator
 from ._errors import (
     CircuitOpenError,
     CommandError,
     CommandTimeoutError,
+    ConfigurationWarning,
+    FailedResultError,
     MaxConcurrencyError,
     PoolClosedError,
     PoolError,
     PoolFullError,
     ResilienceError,
 )
+from ._events import Event, RetryScheduled, StateChange
 from ._pool import WorkerPool
 from ._pool_job import JobHandle, PoolStatistics
-from ._registry import CommandDecorator, Registry, default_registry
+from ._registry import Registry, default_registry
+from ._rolling import CircuitStatistics
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("anyio-resilience")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
+    __version__ = "0+unknown"
 
 #: Decorate a function so every call goes through the named command (default registry).
 command = default_registry.command
@@ -39,6 +49,8 @@ configure = default_registry.configure
 get_circuit = default_registry.get_circuit
 #: Forget all circuit state and rolling statistics (configurations stay).
 flush = default_registry.flush
+#: ``unsubscribe = subscribe(callback)``: receive every Event of the default registry.
+subscribe = default_registry.subscribe
 
 __all__ = [
     "Circuit",
@@ -49,6 +61,9 @@ __all__ = [
     "CommandDecorator",
     "CommandError",
     "CommandTimeoutError",
+    "ConfigurationWarning",
+    "Event",
+    "FailedResultError",
     "JobHandle",
     "MaxConcurrencyError",
     "PoolClosedError",
@@ -57,6 +72,8 @@ __all__ = [
     "PoolStatistics",
     "Registry",
     "ResilienceError",
+    "RetryScheduled",
+    "StateChange",
     "WorkerPool",
     "__version__",
     "command",
@@ -66,4 +83,13 @@ __all__ = [
     "get_circuit",
     "run",
     "run_sync",
+    "subscribe",
 ]
+
+# Public classes show the package as their home (tracebacks and reprs never name a private
+# module).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -15,6 +15,8 @@ brings, nor of ``trio`` unless trio is the running backend):
   its result *read in the caller's frame*, so a ``BaseException`` from the thread (even
   ``GeneratorExit``) reaches the caller as the same object on both backends.
 * :func:`waiter_factory` -- one-shot park/wake primitives for the pool's hot path.
+* :func:`loop_caller` -- run a callback soon in the event loop's thread, from any thread (or a
+  finalizer): how the pool's worker threads and collected iterators reach the loop.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import anyio
 __all__ = [
     "Deadline",
     "Waiter",
+    "Wakeup",
+    "loop_caller",
     "outer_deadline_first",
     "running_loop",
     "wait_future",
@@ -59,15 +63,21 @@ class Deadline:
         self.fired = False
         self._cancelling = task.cancelling()
         self.when = loop.time() + delay
-        self._handle = loop.call_at(self.when, self._fire)
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.when, self._fire)
 
     def _fire(self) -> None:
         self.fired = True
         self.task.cancel()
 
     def disarm(self) -> bool:
-        """Stop the timer; ``True`` if our cancel is the only one pending (a timeout)."""
-        self._handle.cancel()
+        """Stop the timer; ``True`` if our cancel is the only one pending (a timeout).
+
+        Idempotent: only the first call counts our cancel back."""
+        handle = self._handle
+        if handle is None:
+            return False
+        self._handle = None
+        handle.cancel()
         if not self.fired:
             return False
         return self.task.uncancel() <= self._cancelling
@@ -124,6 +134,45 @@ async def wait_future(fut: Future[T]) -> T:
 def _set_done(done: asyncio.Future[None]) -> None:
     if not done.done():
         done.set_result(None)
+
+
+class Wakeup:
+    """Park the current task in :meth:`wait` until :meth:`wake` is called from any thread.
+
+    ``state`` and ``gen`` are the command's bookkeeping (see ``_circuit.SlotWaiter``).
+    """
+
+    __slots__ = ("_asyncio", "_trio", "gen", "state")
+
+    def __init__(self, gen: int) -> None:
+        self.state = 0
+        self.gen = gen
+        loop = running_loop()
+        self._asyncio: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._trio: Any = None
+        if loop is not None:
+            self._asyncio = (loop, loop.create_future())
+        else:
+            import trio
+
+            self._trio = (trio.lowlevel.current_trio_token(), trio.Event())
+
+    def wake(self) -> None:
+        try:
+            if self._asyncio is not None:
+                loop, fut = self._asyncio
+                loop.call_soon_threadsafe(_set_done, fut)
+            else:
+                token, event = self._trio
+                token.run_sync_soon(event.set)
+        except Exception:  # the loop or trio run ended: nobody is waiting any more
+            pass
+
+    async def wait(self) -> None:
+        if self._asyncio is not None:
+            await self._asyncio[1]
+        else:
+            await self._trio[1].wait()
 
 
 class Waiter(Protocol):
@@ -192,3 +241,34 @@ def waiter_factory() -> Callable[[], Waiter]:
     if trio is not None and trio.lowlevel.in_trio_task():
         return _trio_factory()
     return anyio.Event  # pragma: no cover - another anyio backend
+
+
+def loop_caller() -> Callable[[Callable[[], object]], None]:
+    """A thread-safe ``call(fn)`` that runs ``fn()`` soon in the running event loop's thread.
+
+    Safe from any thread and from a finalizer; once the loop has finished, ``call`` does
+    nothing (nobody is left to run it for).
+    """
+    loop = running_loop()
+    if loop is not None:
+        call_soon = loop.call_soon_threadsafe
+
+        def call_asyncio(fn: Callable[[], object]) -> None:
+            try:
+                call_soon(fn)
+            except RuntimeError:  # the loop is closed
+                pass
+
+        return call_asyncio
+    import trio  # only reached under trio, where it is imported already
+
+    run_sync_soon = trio.lowlevel.current_trio_token().run_sync_soon
+    finished = trio.RunFinishedError
+
+    def call_trio(fn: Callable[[], object]) -> None:
+        try:
+            run_sync_soon(fn)
+        except finished:
+            pass
+
+    return call_trio

@@ -1,41 +1,53 @@
 """The circuit breaker of one command: Hystrix semantics, made deterministic.
 
-All state lives here and changes only under the command's lock, in short critical sections
-that never await: admission (state check + slot) and completion (slot + statistics + health).
-Every admitted call carries the *generation* it was admitted in; an outcome acts on the state
-only if that generation is still current, so slow calls from an earlier state change nothing.
+:class:`CircuitCore` owns every piece of a command's state (circuit state, concurrency slots,
+slot waiters, rolling window, lifetime counters) and changes it only under the command's
+lock, in short critical sections that never await or call user code. Every admitted call
+carries the *generation* it was admitted in; an outcome acts on the state only if that
+generation is still current, so slow calls from an earlier state change nothing.
+
+State changes produce events; they are queued under the lock and published by the caller
+after it let go (:meth:`CircuitCore.take_events`), so subscribers and the log run outside
+every lock. :class:`Circuit` is the public, read-only view users get from ``get_circuit``.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._config import CommandConfig
-from ._errors import CircuitOpenError, MaxConcurrencyError, _new_exception
-from ._exporter import CommandSeries
-from ._rolling import (
+from ._errors import CommandError, MaxConcurrencyError, circuit_open
+from ._events import EventBus, StateChange
+from ._outcomes import (
+    CANCELLED,
     FAILURE,
     FALLBACK_FAILED,
     FALLBACK_OK,
+    IGNORED,
     REJECTED,
     SHORT_CIRCUITED,
     SUCCESS,
-    TIMEOUT,
-    RollingWindow,
-    requests_of,
 )
-from ._threads import ThreadPool
+from ._rolling import CircuitStatistics, RollingWindow, health, statistics_of
 
-__all__ = ["Circuit", "CircuitState", "CircuitStatistics"]
+if TYPE_CHECKING:
+    from ._exporter import CommandSeries
+    from ._threads import ThreadPool
 
-# Outcome kinds beyond the rolling window's: lifetime-only outcomes.
-IGNORED, CANCELLED = 5, 6  # same indexes as resilience_command_calls_total's outcomes
+__all__ = ["NEED_WAITER", "REFUSED", "WAITING", "Circuit", "CircuitCore", "CircuitState"]
 
-_CLOSED, _OPEN, _HALF_OPEN = 0, 1, 2
+CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+
+#: What recorded durations are measured with (real time, whatever clock a registry uses for
+#: its windows; with the default clock one reading serves both).
+timer = time.monotonic
+
+#: ``admit`` results that are not a generation.
+REFUSED, NEED_WAITER, WAITING = -1, -2, -3
 
 
 class CircuitState(enum.StrEnum):
@@ -49,29 +61,31 @@ class CircuitState(enum.StrEnum):
 _STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
 
 
-@dataclass(frozen=True, slots=True)
-class CircuitStatistics:
-    """Snapshot of a command's rolling window (``requests`` = the health counts' sum)."""
+class SlotWaiter(Protocol):
+    """A caller waiting for a concurrency slot (see ``_backend`` and ``_command``)."""
 
-    requests: int = 0
-    successes: int = 0
-    failures: int = 0
-    timeouts: int = 0
-    rejections: int = 0
-    short_circuits: int = 0
-    fallback_successes: int = 0
-    fallback_failures: int = 0
-    error_percent: float = 0.0
+    state: int  # W_WAITING -> W_GRANTED or W_GIVEN_UP, changed under the command's lock
+    gen: int  # the generation it was admitted in, set when queued
+
+    def wake(self) -> None: ...  # callable from any thread, never blocks
 
 
-class Circuit:
-    """State, rolling statistics and concurrency slots of one command in one registry."""
+# SlotWaiter.state values
+W_WAITING, W_GRANTED, W_GIVEN_UP = 0, 1, 2
+
+
+class CircuitCore:
+    """State, statistics and concurrency slots of one command in one registry.
+
+    Attributes are the package's own (the command runner's hot path reads and writes them
+    inline, under ``lock``); users see only :class:`Circuit`.
+    """
 
     __slots__ = (
-        "__weakref__", "_calls", "_clock", "_config", "_duration", "_fast_gen", "_fast_limit",
-        "_gen", "_in_flight", "_lock", "_max", "_now", "_open_until", "_opened_at",
-        "_real_clock", "_refused", "_series", "_state", "_threads", "_timeout", "_trial_at",
-        "_trial_busy", "_window", "name",
+        "__weakref__", "bus", "calls", "clock", "config", "count_rejections", "duration",
+        "events", "failed_if", "fast_gen", "gen", "ignore", "in_flight", "limit", "lock",
+        "max", "max_wait", "name", "open_until", "opened_at", "refused", "series", "state",
+        "threads", "timeout", "trial_at", "trial_busy", "waiters", "window",
     )
 
     def __init__(
@@ -80,241 +94,318 @@ class Circuit:
         config: CommandConfig,
         series: CommandSeries,
         clock: Callable[[], float],
+        bus: EventBus,
     ) -> None:
         self.name = name
-        self._series = series
-        self._lock = series.lock
-        self._calls = series.calls
-        self._duration = series.duration
-        self._clock = clock
-        self._real_clock = clock is time.monotonic
-        # Durations always use real time; with the real clock one reading serves both.
-        self._now: Callable[[], float] = clock if self._real_clock else time.perf_counter
-        self._state = _CLOSED
-        self._gen = 0
-        self._in_flight = 0
-        self._opened_at = 0.0
-        self._trial_busy = False
-        self._trial_at = 0.0
-        self._threads: ThreadPool | None = None
-        self._refused: Any = None  # a CommandError handed from _admit_locked to its caller
-        self._window = RollingWindow(config.rolling_window, config.buckets)
-        self._config = config
-        with self._lock:
-            self._apply(config)
+        self.series = series
+        self.lock = series.lock
+        self.calls = series.calls
+        self.duration = series.duration
+        self.clock = clock
+        self.bus = bus
+        self.state = CLOSED
+        self.gen = 0
+        self.in_flight = 0
+        self.opened_at = 0.0
+        self.trial_busy = False
+        self.trial_at = 0.0
+        self.threads: ThreadPool | None = None
+        self.refused: CommandError | None = None  # handed from admit() to its caller
+        self.events: list[StateChange] = []
+        self.waiters: deque[SlotWaiter] = deque()
+        self.window = RollingWindow(config.rolling_window, config.buckets)
+        self.config = config
+        with self.lock:
+            self._apply()
         series.circuits.add(self)
 
-    # -- public introspection --------------------------------------------------------------
-
-    @property
-    def config(self) -> CommandConfig:
-        return self._config
-
-    @property
-    def state(self) -> CircuitState:
-        return _STATES[self.state_index]
+    # -- read by the metrics collector (lock held) ----------------------------------------
 
     @property
     def state_index(self) -> int:
-        return _OPEN if self._config.force_open else self._state
-
-    @property
-    def in_flight(self) -> int:
-        """Executions holding a concurrency slot (threads past their timeout included)."""
-        return self._in_flight
-
-    def statistics(self) -> CircuitStatistics:
-        """A snapshot of the rolling window."""
-        with self._lock:
-            return self._snapshot(self._clock())
+        return OPEN if self.config.force_open else self.state
 
     def error_ratio(self) -> float:
-        """Rolling error ratio 0..1 (read by the metrics hub with the lock held)."""
-        t = self._window.totals_at(self._clock())
-        requests = requests_of(t)
-        return (requests - t[SUCCESS]) / requests if requests else 0.0
+        requests, errors = health(self.window.roll(self.clock()), self.count_rejections)
+        return errors / requests if requests else 0.0
 
-    def __repr__(self) -> str:
-        return f"<Circuit {self.name!r} {self.state.value} in_flight={self._in_flight}>"
+    def snapshot(self) -> CircuitStatistics:
+        """The rolling window now (lock held)."""
+        return statistics_of(self.window.roll(self.clock()), self.count_rejections)
 
-    # -- configuration -----------------------------------------------------------------------
+    # -- configuration (lock held by the caller of these) ---------------------------------
 
     def configure(self, config: CommandConfig) -> None:
-        with self._lock:
-            old = self._config
-            if (old.rolling_window, old.buckets) != (config.rolling_window, config.buckets):
-                self._window = RollingWindow(config.rolling_window, config.buckets)
-            self._config = config
-            if config.force_closed and self._state != _CLOSED:
-                self._to_closed()
-            self._apply(config)
-            self._window.invalidate()  # the next outcome re-evaluates health in full
+        old = self.config
+        before = self.state_index
+        if (old.rolling_window, old.buckets) != (config.rolling_window, config.buckets):
+            self.window = RollingWindow(config.rolling_window, config.buckets)
+        self.config = config
+        reason = "configured"
+        if config.force_closed and self.state != CLOSED:
+            self._to_closed("forced_closed")
+        elif config.force_open and not old.force_open:
+            reason = "forced_open"
+        elif old.force_open and not config.force_open:
+            reason = "unforced"
+        self._apply()
+        self.window.invalidate()  # the next outcome re-evaluates health in full
+        if self.state_index != before and reason != "configured":
+            self._event(_STATES[before], _STATES[self.state_index], reason)
+        while self.waiters and self.in_flight < self.max:  # the limit was raised
+            if self._grant_next():
+                self.in_flight += 1
 
     def flush(self) -> None:
         """Forget state and rolling statistics; in-flight calls become stale."""
-        with self._lock:
-            self._to_closed()
-            self._apply(self._config)
+        before = self.state_index
+        self._to_closed(None)
+        if self.state_index != before:
+            self._event(_STATES[before], _STATES[self.state_index], "flush")
 
-    def _apply(self, config: CommandConfig) -> None:
-        """Cache what the hot path reads (lock held); called after every state change."""
-        self._max = config.max_concurrent_requests
-        self._timeout = config.timeout
-        self._open_until = self._opened_at + config.sleep_window
-        fast = self._state == _CLOSED and not config.force_open
-        # Admission: a free slot below this limit means "closed, not forced, admit".
-        self._fast_limit = self._max if fast else 0
-        # Completion: an outcome of this generation may take the counting shortcut.
-        self._fast_gen = self._gen if fast and self._real_clock else -1
-        if self._fast_gen < 0:
-            self._window.sync()  # leaving the shortcut: make the success total exact
+    def _apply(self) -> None:
+        """Cache what the hot path reads; called after every state or config change."""
+        config = self.config
+        self.max = config.max_concurrent_requests
+        self.timeout = config.timeout
+        self.max_wait = config.max_wait
+        self.failed_if = config.failed_if
+        self.ignore = config.ignore_exceptions
+        self.count_rejections = config.count_rejections
+        self.open_until = self.opened_at + config.sleep_window
+        fast = self.state == CLOSED and not config.force_open
+        # Admission shortcut: a free slot below this limit means "closed, not forced, admit".
+        self.limit = self.max if fast else 0
+        # Completion shortcut: an outcome of this generation may count straight into the bucket.
+        self.fast_gen = self.gen if fast else -1
 
-    # -- admission (lock held) ------------------------------------------------------------------
+    # -- admission (lock held) ------------------------------------------------------------
 
-    def _admit_locked(self) -> int:
-        """Admit one call (lock held): its generation, or -1 with the error in ``_refused``.
-
-        The refusal is handed over, not raised, so the caller raises it once, from its own
-        frame, after giving the lock back.
-        """
-        state = self._state
-        if state == _OPEN:  # the common refusal first
-            now = self._clock()
-            if self._config.force_open:
-                return self._short_circuit(now, None)
-            if now < self._open_until:
-                return self._short_circuit(now, self._open_until - now)
-        elif self._config.force_open:
-            return self._short_circuit(self._clock(), None)
+    def admit(self, waiter: SlotWaiter | None = None) -> int:
+        """Admit one call: its generation, or REFUSED (the error in ``refused``), or
+        NEED_WAITER (call again with a waiter), or WAITING (``waiter`` was queued)."""
+        state = self.state
+        config = self.config
+        if state == OPEN and not config.force_open:  # the common refusal first
+            now = self.clock()
+            if now < self.open_until:
+                return self._short_circuit(now, self.open_until - now)
+        elif config.force_open:
+            return self._short_circuit(self.clock(), None)
         trial = False
-        if state != _CLOSED:
-            now = self._clock()
-            if state == _HALF_OPEN and self._trial_busy:
-                trial_until = self._trial_at + self._config.sleep_window
-                if now < trial_until:
-                    return self._short_circuit(now, trial_until - now)
+        if state != CLOSED:
+            now = self.clock()
+            if state == HALF_OPEN and self.trial_busy:
+                sleep = config.sleep_window
+                trial_until = self.trial_at + sleep
+                if sleep == 0 or now < trial_until:
+                    return self._short_circuit(now, max(trial_until - now, 0.0))
             # A trial: the first call after the sleep window, or after a trial that ended
             # without a verdict, or one more sleep window after a trial that still hangs.
             trial = True
-            self._state = _HALF_OPEN
-            self._gen += 1
-            self._trial_busy = True
-            self._trial_at = now
-        if self._in_flight >= self._max:
-            if trial:
-                self._trial_busy = False  # give the trial permit back at once
-            self._calls[REJECTED] += 1
-            self._record_window(self._gen, REJECTED)
-            self._refused = MaxConcurrencyError(self.name, limit=self._max)
-            return -1
-        self._in_flight += 1
-        return self._gen
+            if state == OPEN:
+                self.state = HALF_OPEN
+                self._event(CircuitState.OPEN, CircuitState.HALF_OPEN, "trial")
+            self.gen += 1
+            self.trial_busy = True
+            self.trial_at = now
+            self._apply()
+        if self.in_flight < self.max and not self.waiters:
+            # one line: a KeyboardInterrupt lands before or after both, never between
+            self.in_flight += 1; return self.gen  # noqa: E702
+        if not trial and self.max_wait > 0:
+            if waiter is None:
+                return NEED_WAITER
+            waiter.gen = self.gen
+            self.waiters.append(waiter)
+            return WAITING
+        if trial:
+            self.trial_busy = False  # give the trial permit back at once
+        self.calls[REJECTED] += 1
+        self.record_window(self.gen, REJECTED)
+        self.refused = MaxConcurrencyError(self.name, limit=self.max)
+        return REFUSED
 
     def _short_circuit(self, now: float, retry_after: float | None) -> int:
-        # The fast-fail path: counted inline, the error built without running __init__.
-        self._calls[SHORT_CIRCUITED] += 1
-        w = self._window
-        if now >= w.end:
-            w.add(now, SHORT_CIRCUITED)
-        else:
-            w.bucket[SHORT_CIRCUITED] += 1
-            w.totals[SHORT_CIRCUITED] += 1
-        exc = _new_exception(CircuitOpenError, self.name)
-        # retry_after > 0 (or None when forced); totals are exact here, see _apply
-        exc._info = (self.name, retry_after, tuple(w.totals))
-        self._refused = exc
-        return -1
+        self.calls[SHORT_CIRCUITED] += 1
+        w = self.window
+        w.add(now, SHORT_CIRCUITED)
+        self.refused = circuit_open(self.name, retry_after, tuple(w.totals), self.count_rejections)
+        return REFUSED
 
-    # -- completion (lock held) -------------------------------------------------------------------
+    def give_up(self, waiter: SlotWaiter) -> bool:
+        """A waiter stops waiting (max_wait passed, or cancelled): ``True`` if it left the
+        queue; ``False`` if it was granted a slot meanwhile (it holds one now)."""
+        if waiter.state == W_GRANTED:
+            return False
+        waiter.state = W_GIVEN_UP
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+        return True
 
-    def _record(self, gen: int, kind: int, duration: float | None) -> None:
+    def reject_waiter(self, gen: int) -> None:
+        """Count a waiter whose ``max_wait`` passed as a rejection."""
+        self.calls[REJECTED] += 1
+        self.record_window(gen, REJECTED)
+        self.refused = MaxConcurrencyError(self.name, limit=self.max)
+
+    # -- completion (lock held) -----------------------------------------------------------
+
+    def release(self) -> None:
+        """Give one slot back: to the first waiter if any, else to the pool of free slots."""
+        while self.waiters:
+            if self._grant_next():
+                return
+        self.in_flight -= 1
+
+    def _grant_next(self) -> bool:
+        waiter = self.waiters.popleft()
+        if waiter.state != W_WAITING:
+            return False
+        waiter.state = W_GRANTED
+        waiter.wake()
+        return True
+
+    def record(self, gen: int, kind: int, duration: float | None) -> None:
         """Count an outcome; act on the state only if ``gen`` is current."""
-        if kind:  # successes are not counted: see CommandSeries
-            self._calls[kind] += 1
+        self.calls[kind] += 1
         if duration is not None:
-            self._duration.observe(duration)
+            self.duration.observe(duration)
         if kind < IGNORED:
-            self._record_window(gen, kind)
-        elif gen == self._gen and self._state == _HALF_OPEN:
-            self._trial_busy = False  # cancelled or ignored trial: the next call may trial
+            self.record_window(gen, kind)
+        elif gen == self.gen and self.state == HALF_OPEN:
+            self.trial_busy = False  # cancelled or ignored trial: the next call may trial
 
-    def _record_window(self, gen: int, kind: int) -> None:
-        if gen != self._gen:
+    def record_window(self, gen: int, kind: int) -> None:
+        if gen != self.gen:
             return  # stale: lifetime metrics only
-        state = self._state
-        if state == _CLOSED:
-            now = self._clock()
-            self._window.add(now, kind)
+        state = self.state
+        if state == CLOSED:
+            now = self.clock()
+            self.window.add(now, kind)
             self.check_health(now)
-        elif state == _HALF_OPEN:
+        elif state == HALF_OPEN:
             if kind == SUCCESS:
-                self._to_closed()
+                self._to_closed("trial_succeeded")
             elif kind != REJECTED:  # failure or timeout of the trial
-                now = self._clock()
-                self._window.add(now, kind)
-                self._to_open(now)
+                now = self.clock()
+                self.window.add(now, kind)
+                self._to_open(now, "trial_failed")
 
     def check_health(self, now: float) -> None:
         """Closed -> open when the volume and error-percentage thresholds are both met."""
-        w = self._window
-        t = w.totals
-        errors = t[FAILURE] + t[TIMEOUT] + t[REJECTED]
-        requests = w.successes() + errors
-        cfg = self._config
+        w = self.window
+        requests, errors = health(w.roll(now), self.count_rejections)
+        cfg = self.config
         if (
             requests
             and requests >= cfg.request_volume_threshold
             and 100 * errors >= cfg.error_percent_threshold * requests
             and not cfg.force_closed
         ):
-            self._to_open(now)
+            self._to_open(now, "tripped")
         else:
             # Successes below the volume threshold may complete it: count them down.
             w.countdown = max(cfg.request_volume_threshold - requests, 0)
 
-    def _record_fallback(self, ok: bool) -> None:
-        self._series.fallbacks[0 if ok else 1] += 1
-        self._window.add(self._clock(), FALLBACK_OK if ok else FALLBACK_FAILED)
+    def record_fallback(self, ok: bool) -> None:
+        self.series.fallbacks[0 if ok else 1] += 1
+        self.window.add(self.clock(), FALLBACK_OK if ok else FALLBACK_FAILED)
 
-    def _to_open(self, now: float) -> None:
-        self._state = _OPEN
-        self._gen += 1
-        self._opened_at = now
-        self._trial_busy = False
-        self._apply(self._config)
+    def take_events(self) -> list[StateChange] | None:
+        """The events queued since the last call (lock held); publish them after release."""
+        events = self.events
+        if not events:
+            return None
+        self.events = []
+        return events
 
-    def _to_closed(self) -> None:
-        self._state = _CLOSED
-        self._gen += 1
-        self._trial_busy = False
-        self._window.reset()
-        self._apply(self._config)
+    # -- transitions --------------------------------------------------------------------------
 
-    def _snapshot(self, now: float) -> CircuitStatistics:
-        return _statistics(self._window.totals_at(now))
+    def _to_open(self, now: float, reason: str) -> None:
+        old = _STATES[self.state_index]
+        self.state = OPEN
+        self.gen += 1
+        self.opened_at = now
+        self.trial_busy = False
+        self._apply()
+        self._event(old, CircuitState.OPEN, reason)
 
-    # -- worker threads for plain def ----------------------------------------------------------
+    def _to_closed(self, reason: str | None) -> None:
+        old = self.state_index
+        stats = self.snapshot()
+        self.state = CLOSED
+        self.gen += 1
+        self.trial_busy = False
+        self.window.reset()
+        self._apply()
+        if reason is not None and old != self.state_index:
+            self._event(_STATES[old], _STATES[self.state_index], reason, stats)
 
-    def threads(self) -> ThreadPool:
-        pool = self._threads
-        if pool is None:
-            with self._lock:
-                if self._threads is None:
-                    self._threads = ThreadPool(self.name)
-                pool = self._threads
-        return pool
+    def _event(
+        self, old: str, new: str, reason: str, stats: CircuitStatistics | None = None
+    ) -> None:
+        self.events.append(
+            StateChange(
+                command=self.name, old=str(old), new=str(new), reason=reason,
+                statistics=stats or self.snapshot(),
+            )
+        )
 
 
-def _statistics(t: Sequence[int]) -> CircuitStatistics:
-    requests = requests_of(t)
-    return CircuitStatistics(
-        requests=requests,
-        successes=t[SUCCESS],
-        failures=t[FAILURE],
-        timeouts=t[TIMEOUT],
-        rejections=t[REJECTED],
-        short_circuits=t[SHORT_CIRCUITED],
-        fallback_successes=t[FALLBACK_OK],
-        fallback_failures=t[FALLBACK_FAILED],
-        error_percent=100.0 * (requests - t[SUCCESS]) / requests if requests else 0.0,
-    )
+def publish(core: CircuitCore, events: list[StateChange]) -> None:
+    """Deliver events taken with ``take_events`` (no lock held)."""
+    cfg = core.config
+    for event in events:
+        core.bus.publish(event, (cfg.request_volume_threshold, cfg.error_percent_threshold))
+
+
+class Circuit:
+    """The public view of a command's circuit: ``name``, ``state``, ``config``,
+    ``statistics()`` and ``in_flight``."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: CircuitCore) -> None:
+        self._core = core
+
+    @property
+    def name(self) -> str:
+        return self._core.name
+
+    @property
+    def state(self) -> CircuitState:
+        return _STATES[self._core.state_index]
+
+    @property
+    def config(self) -> CommandConfig:
+        return self._core.config
+
+    @property
+    def in_flight(self) -> int:
+        """Executions holding a concurrency slot (threads past their timeout included)."""
+        return self._core.in_flight
+
+    def statistics(self) -> CircuitStatistics:
+        """A snapshot of the rolling window."""
+        core = self._core
+        with core.lock:
+            return core.snapshot()
+
+    def __repr__(self) -> str:
+        return f"<Circuit {self.name!r} {self.state.value} in_flight={self.in_flight}>"
+
+
+def kind_of(core: CircuitCore, exc: BaseException) -> int:
+    """The outcome kind of an exception that ended a call (may raise the predicate's error)."""
+    if not isinstance(exc, Exception):
+        return CANCELLED  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit...
+    ignore: Any = core.ignore
+    if ignore.__class__ is tuple:
+        if ignore and isinstance(exc, ignore):
+            return IGNORED
+    elif ignore(exc):
+        return IGNORED
+    return FAILURE

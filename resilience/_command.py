@@ -1,11 +1,15 @@
-"""Executing one call through a command: admission, timeout, outcome, fallback.
+"""Running one call through a command from async code: admission, timeout, outcome, fallback.
 
 Admission and completion are each one short critical section under the command's lock
-(see ``_circuit``). Between them the function runs with no lock held: a coroutine in the
-caller's task under a real cancel scope, anything else in a worker thread. Whatever ends a
-call (result, exception, timeout, cancellation, ``BaseException``) its slot is given back
-exactly once: by the caller for coroutines, and by whichever of caller and worker thread
-finishes last for threaded calls.
+(``CircuitCore``). Between them the function runs with no lock held, in the caller's task
+under a real cancel scope. Whatever ends a call (result, exception, timeout, cancellation,
+``BaseException``, even a ``KeyboardInterrupt`` landing on any line of this code) its slot is
+given back exactly once and the lock is never left held: the caller keeps two locals,
+``held`` (the lock's token) and ``gen`` (>= 0 while the slot is ours), each changed on the
+same line as what it tracks, and one handler around the whole call gives back whatever they
+say is still held. (In CPython 3.11 ``try`` costs nothing while nothing is raised.)
+
+Plain callables (threads) and sync callers are in ``_command_sync``.
 """
 
 from __future__ import annotations
@@ -14,195 +18,296 @@ import asyncio
 import inspect
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future
-from functools import partial
 from typing import Any
 
 import anyio
-from anyio.lowlevel import checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint
 
-from ._circuit import CANCELLED, IGNORED, Circuit
-from ._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
-from ._rolling import FAILURE, SUCCESS, TIMEOUT
+from ._backend import Deadline, Wakeup, outer_deadline_first, running_loop
+from ._circuit import (
+    NEED_WAITER,
+    REFUSED,
+    WAITING,
+    CircuitCore,
+    kind_of,
+    publish,
+    timer,
+)
+from ._errors import (
+    CircuitOpenError,
+    CommandTimeoutError,
+    FailedResultError,
+    MaxConcurrencyError,
+)
+from ._outcomes import CANCELLED, FAILURE, IGNORED, SUCCESS, TIMEOUT
 
-__all__ = ["call_async", "call_sync", "coroutine_caller"]
+__all__ = [
+    "FALLBACK",
+    "RAISE",
+    "REFUSALS",
+    "RELEASED",
+    "Expired",
+    "Fallback",
+    "Verdict",
+    "admit",
+    "call_fallback",
+    "chain",
+    "coroutine_caller",
+    "failed",
+    "finish",
+    "in_cancel_scope",
+    "judge",
+    "settle",
+]
 
-Fallback = Callable[[BaseException], Any]
+Fallback = Callable[[Exception], Any]
 
-_asyncio_timeout = asyncio.timeout
-_running_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
-_REFUSED = (CircuitOpenError, MaxConcurrencyError)  # what _admit raises
+REFUSALS = (CircuitOpenError, MaxConcurrencyError)
+RELEASED = -10  # a ``gen`` value: the slot was given back
 
 
-from ._backend import running_loop as _running_loop_or_none
+class Expired(Exception):
+    """Our own deadline passed (a ``CommandTimeoutError`` of a nested command is not ours).
+
+    Never leaves this package: it becomes a ``CommandTimeoutError``.
+    """
+
+    def __init__(self, timeout: float, when: float) -> None:
+        self.timeout = timeout
+        self.when = when
 
 
-def _on_asyncio() -> bool:
-    return _running_loop_or_none() is not None
+class Verdict(Exception):
+    """``failed_if`` judged the result a failure (``error`` None) or raised ``error``.
+
+    Never leaves this package.
+    """
+
+    def __init__(self, value: Any, error: Exception | None) -> None:
+        self.value = value
+        self.error = error
 
 
-def _kind_of(circ: Circuit, exc: BaseException) -> int:
-    ignore = circ._config.ignore_exceptions
-    if ignore and isinstance(exc, ignore):
-        return IGNORED
-    if isinstance(exc, Exception):
-        return FAILURE
-    return CANCELLED  # cancellation, KeyboardInterrupt, SystemExit, ...
+def judge(failed_if: Callable[[Any], bool], value: Any) -> None:
+    """Raise a ``Verdict`` if ``failed_if(value)`` is true or raises."""
+    try:
+        failed = failed_if(value)
+    except Exception as exc:
+        raise Verdict(value, exc) from None
+    if failed:
+        raise Verdict(value, None)
 
 
-def _admit(circ: Circuit) -> int:
-    """Take a slot or raise the refusal (the threaded paths, where a frame is cheap)."""
-    with circ._lock:
-        gen = circ._admit_locked()
-        refused = circ._refused
-        circ._refused = None
-    if refused is not None:
-        raise refused
-    return gen
+def chain(exc: BaseException, error: BaseException) -> None:
+    """Make the fallback's exception ``exc`` chain to the ``error`` it was given."""
+    link = exc
+    for _ in range(64):  # bounded: a context cycle made by user code cannot hang us
+        if link is error:
+            return
+        context = link.__context__
+        if context is None or isinstance(context, Expired | Verdict | _CancelledError):
+            link.__context__ = error
+            return
+        link = context
 
 
-def _finish(circ: Circuit, gen: int, kind: int, started: float, release: bool) -> None:
-    duration = None if kind == CANCELLED else circ._now() - started
-    with circ._lock:
+def finish(
+    core: CircuitCore, gen: int, kind: int, duration: float | None, release: bool = True
+) -> None:
+    """Count the outcome, giving the slot back if ``release`` (one critical section), then
+    publish the events it caused."""
+    lock = core.lock
+    held: bool | None = False
+    try:
+        held = lock.acquire()
         if release:
-            circ._in_flight -= 1
-        circ._record(gen, kind, duration)
-
-
-# -- coroutines -----------------------------------------------------------------------------------
+            core.release()
+        core.record(gen, kind, duration)
+        events = core.take_events()
+        held = lock.give(True)
+    finally:
+        if held:
+            lock.give(True)
+    if events:
+        publish(core, events)
 
 
 def coroutine_caller(
-    circ: Circuit, fn: Callable[..., Awaitable[Any]], fallback: Fallback | None
+    core: CircuitCore, fn: Callable[..., Awaitable[Any]], fallback: Fallback | None
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
-    """An ``async def`` that runs ``fn`` in the caller's task through ``circ``.
+    """An ``async def`` that runs ``fn`` in the caller's task through ``core``.
 
-    This is the hot path, so the common case (closed circuit, free slot, success) is written
-    out in one frame, with literal indexes (0 = success) and the lock's own methods; every
-    other case leaves it through a helper. The two critical sections cannot raise (no user
-    code, no allocation beyond small objects), so they need no try/finally.
+    This is the hot path: the common case (closed circuit, free slot, success) is written out
+    in one frame with the lock's own methods and literal indexes; every other case leaves it
+    through a helper. It reads and writes ``core``'s fields inline on purpose (each helper
+    call costs ~50 ns, the whole shortcut ~400 ns).
     """
-    lock = circ._lock
-    take, give = lock.take, lock.give  # see _lock: the token lock's inline form
-    hist = circ._duration
+    lock = core.lock
+    take, give, acquire = lock.take, lock.give, lock.acquire
+    calls = core.calls
+    hist = core.duration
     bounds, counts = hist.bounds, hist.counts
     first_bound = bounds[0]
+    clock = core.clock
+    shared_clock = clock is timer  # production: one reading serves duration and window
 
     async def call(*args: Any, **kwargs: Any) -> Any:
+        held = started = deadline = None; gen = REFUSED  # noqa: E702 (what the handler needs)
         try:
-            take()
-        except IndexError:
-            lock.acquire()  # contended: another thread is in a critical section
-        if circ._in_flight < circ._fast_limit:  # closed, not forced, a slot free
-            circ._in_flight += 1
-            gen = circ._gen
-            give(True)
-        else:
             try:
-                gen = circ._admit_locked()
-                if gen < 0:  # refused: the error waits on the circuit, under the lock
-                    refused = circ._refused
-                    circ._refused = None
-            finally:
-                give(True)
-            if gen < 0:
-                if fallback is not None:
-                    return await _fallback_async(circ, fallback, refused)
-                try:
-                    raise refused
-                finally:
-                    del refused  # no exception -> traceback -> frame -> exception cycle
-        timeout = circ._timeout
-        now = circ._now
-        started = now()
-        try:
+                held = take()
+            except IndexError:
+                held = acquire()  # contended: another thread is in a critical section
+            if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
+                core.in_flight += 1; gen = core.gen; held = give(True)  # noqa: E702
+            else:
+                held = give(True)
+                gen = await admit(core)  # waits for a slot, or raises the refusal
+            timeout = core.timeout
+            started = timer()
             if timeout is None:
                 result = await fn(*args, **kwargs)
-            elif _on_asyncio():
-                # asyncio.timeout's protocol, inline: cancel the task at the deadline, and on
-                # the way out count our cancel back with uncancel(); only if nobody else
-                # cancelled the task too is the CancelledError ours to turn into a timeout.
-                loop = _running_loop()
-                task: Any = _current_task(loop)
-                cancelling = task.cancelling()
-                deadline = _Deadline(task)
-                handle = loop.call_at(loop.time() + timeout, deadline)
-                try:
-                    result = await fn(*args, **kwargs)
-                except _CancelledError:
-                    if deadline.fired and task.uncancel() <= cancelling:
-                        raise _Expired(timeout) from None
-                    raise
-                except BaseException:
-                    if deadline.fired:  # the function turned our cancel into another error
-                        task.uncancel()
-                    raise
-                finally:
-                    handle.cancel()
-                if deadline.fired:  # it fired, but the function swallowed the cancellation
-                    task.uncancel()
             else:
-                result = await _in_cancel_scope(fn, args, kwargs, timeout)
-        except BaseException as exc:
-            return await _failed_async(circ, gen, exc, started, fallback, release=True)
-        ended = now()
-        duration = ended - started
-        try:
-            take()
-        except IndexError:
-            lock.acquire()
-        circ._in_flight -= 1
-        # The lifetime success counter is the duration histogram itself (see CommandSeries).
-        if duration <= first_bound:
-            counts[0] += 1
-        else:
-            counts[bisect_left(bounds, duration)] += 1
-        hist.sum += duration
-        window = circ._window
-        if ended < window.end and gen == circ._fast_gen:
-            # Closed, current, same bucket as the last evaluated outcome: a success lowers
-            # the error rate, so health can only change when it completes the volume.
-            window.bucket[0] += 1
-            countdown = window.countdown
-            if countdown:
-                window.countdown = countdown - 1
-                if countdown == 1:
-                    circ.check_health(ended)
-            give(True)
-        else:
+                loop = running_loop()
+                if loop is None:
+                    result = await in_cancel_scope(fn, args, kwargs, timeout)
+                else:
+                    deadline = Deadline(loop, _current_task(loop), timeout)  # type: ignore[arg-type]
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except _CancelledError:
+                        if deadline.disarm():
+                            raise Expired(timeout, deadline.when) from None
+                        raise
+                    except BaseException:
+                        deadline.disarm()  # (it may have turned our cancel into an error)
+                        raise
+                    deadline.disarm()  # (it may have swallowed our cancel)
+            failed_if = core.failed_if
+            if failed_if is not None:
+                judge(failed_if, result)
+            ended = timer()
+            duration = ended - started
+            if not shared_clock:
+                ended = clock()  # a test clock: the window runs on it
             try:
-                circ._record_window(gen, SUCCESS)
-            finally:
+                held = take()
+            except IndexError:
+                held = acquire()
+            if core.waiters:
+                core.release(); g = gen; gen = RELEASED  # noqa: E702
+            else:
+                core.in_flight -= 1; g = gen; gen = RELEASED  # noqa: E702
+            calls[0] += 1  # SUCCESS
+            if duration <= first_bound:
+                counts[0] += 1
+            else:
+                counts[bisect_left(bounds, duration)] += 1
+            hist.sum += duration
+            window = core.window
+            if ended < window.end and g == core.fast_gen and not window.countdown:
+                # closed, current, volume reached, same bucket as the last evaluated outcome:
+                # a success only lowers the error rate, so health cannot change
+                window.bucket[0] += 1; window.totals[0] += 1; held = give(True)  # noqa: E702
+                return result
+            core.record_window(g, SUCCESS)
+            events = core.take_events()
+            held = give(True)
+            if events:
+                publish(core, events)
+            return result
+        except BaseException as exc:
+            if held:
                 give(True)
-        return result
+            if deadline is not None:
+                deadline.disarm()
+            if gen < 0 and (fallback is None or not isinstance(exc, REFUSALS)):
+                raise
+            error = exc
+        # Outside the handler, so that nothing we raise from here chains to a private error.
+        try:
+            if gen >= 0:
+                return await failed(core, gen, error, started, fallback)
+            assert fallback is not None and isinstance(error, Exception)
+            return await call_fallback(core, fallback, error)
+        finally:
+            del error  # no exception -> traceback -> frame -> exception cycle
 
     return call
 
 
-class _Deadline:
-    """Timer callback of the inline asyncio deadline: cancels the task, remembers it did."""
+async def admit(core: CircuitCore) -> int:
+    """Admission when the shortcut does not apply: circuit not closed, no slot free, or
+    callers already waiting. Yields once first (every call is a checkpoint, refused ones
+    included, so a loop of refusals lets deadlines fire and other tasks run), then returns
+    the generation, or raises the refusal."""
+    lock = core.lock
+    try:
+        await checkpoint()
+    except BaseException:
+        with lock:
+            core.calls[CANCELLED] += 1  # cancelled before it was admitted
+        raise
+    waiter: Wakeup | None = None
+    while True:
+        held: bool | None = False
+        try:
+            held = lock.acquire()
+            gen = core.admit(waiter)
+            refused = core.refused
+            core.refused = None
+            events = core.take_events()
+            held = lock.give(True)
+        finally:
+            if held:
+                lock.give(True)
+        if events:
+            publish(core, events)
+        if gen >= 0:
+            return gen
+        if gen == NEED_WAITER:
+            waiter = Wakeup(-1)
+            continue
+        if gen == WAITING:
+            assert waiter is not None
+            return await _wait_for_slot(core, waiter)
+        assert refused is not None
+        try:
+            raise refused
+        finally:
+            del refused
 
-    __slots__ = ("fired", "task")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.fired = False
+async def _wait_for_slot(core: CircuitCore, waiter: Wakeup) -> int:
+    """Wait (first come, first served) up to ``max_wait`` for a slot handed over to us."""
+    lock = core.lock
+    try:
+        with anyio.move_on_after(core.max_wait):
+            await waiter.wait()
+    except BaseException:
+        with lock:
+            if not core.give_up(waiter):
+                core.release()  # granted just as we were cancelled: pass it on
+        raise
+    with lock:
+        if not core.give_up(waiter):
+            return waiter.gen  # granted: the slot is ours
+        core.reject_waiter(waiter.gen)
+        refused = core.refused
+        core.refused = None
+        events = core.take_events()
+    if events:
+        publish(core, events)
+    assert refused is not None
+    try:
+        raise refused
+    finally:
+        del refused
 
-    def __call__(self) -> None:
-        self.fired = True
-        self.task.cancel()
 
-
-class _Expired(Exception):
-    """Our own deadline passed (a CommandTimeoutError from a nested command is not ours)."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-
-
-async def _in_cancel_scope(
+async def in_cancel_scope(
     fn: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -210,211 +315,79 @@ async def _in_cancel_scope(
 ) -> Any:
     with anyio.move_on_after(timeout) as scope:
         return await fn(*args, **kwargs)
-    if scope.cancelled_caught:
-        await checkpoint_if_cancelled()  # an outer cancellation wins over our deadline
-    raise _Expired(timeout)
+    raise Expired(timeout, scope.deadline)
 
 
-async def _failed_async(
-    circ: Circuit,
+#: What ``settle`` tells its caller to do.
+RAISE, FALLBACK = 0, 1
+
+
+def settle(
+    core: CircuitCore, gen: int, exc: BaseException, duration: float | None, release: bool = True
+) -> tuple[int, Any]:
+    """An admitted call ended with ``exc``: count it (giving the slot back if ``release``)
+    and say what the caller gets: ``(RAISE, error)``, or ``(FALLBACK, error)``: the error for
+    the fallback (without one, raise it; a ``FailedResultError``'s result is returned)."""
+    if isinstance(exc, Expired):
+        finish(core, gen, TIMEOUT, duration, release)
+        return FALLBACK, CommandTimeoutError(core.name, timeout=exc.timeout)
+    if isinstance(exc, Verdict):
+        finish(core, gen, FAILURE, duration, release)
+        if exc.error is not None:
+            return RAISE, exc.error
+        return FALLBACK, FailedResultError(core.name, result=exc.value)
+    try:
+        kind = kind_of(core, exc)
+    except BaseException:
+        finish(core, gen, FAILURE, duration, release)  # the ignore predicate raised
+        raise
+    finish(core, gen, kind, None if kind == CANCELLED else duration, release)
+    if kind >= IGNORED:
+        return RAISE, exc
+    return FALLBACK, exc
+
+
+async def failed(
+    core: CircuitCore,
     gen: int,
     exc: BaseException,
-    started: float,
+    started: float | None,
     fallback: Fallback | None,
-    *,
-    release: bool,
+    release: bool = True,
 ) -> Any:
+    """An admitted call ended with ``exc``: count it, give the slot back, run the fallback."""
+    duration = None if started is None else timer() - started
     try:
-        if isinstance(exc, _Expired):
-            _finish(circ, gen, TIMEOUT, started, release)
-            error = CommandTimeoutError(circ.name, timeout=exc.timeout)
-            if fallback is None:
-                raise error from None
-            return await _fallback_async(circ, fallback, error)
-        kind = _kind_of(circ, exc)
-        _finish(circ, gen, kind, started, release)
-        if fallback is None or kind >= IGNORED:
+        if isinstance(exc, Expired):
+            try:
+                await outer_deadline_first(exc.when)  # the caller's deadline wins a tie
+            except BaseException:
+                finish(core, gen, CANCELLED, None, release)
+                raise
+        action, error = settle(core, gen, exc, duration, release)
+        if action == FALLBACK and fallback is not None:
+            return await call_fallback(core, fallback, error)
+        if action == FALLBACK and isinstance(error, FailedResultError):
+            return error.result  # a failed result without a fallback is returned as is
+        if error is exc:
             raise exc
-        return await _fallback_async(circ, fallback, exc)
+        raise error from None
     finally:
-        del exc  # break the exception -> traceback -> this frame -> exception cycle
+        del exc
 
 
-async def _fallback_async(circ: Circuit, fallback: Fallback, exc: BaseException) -> Any:
+async def call_fallback(core: CircuitCore, fallback: Fallback, error: Exception) -> Any:
     try:
-        value = fallback(exc)
+        value = fallback(error)
         if inspect.isawaitable(value):
             value = await value
-    except Exception:
-        with circ._lock:
-            circ._record_fallback(False)
+    except Exception as exc:
+        chain(exc, error)
+        with core.lock:
+            core.record_fallback(False)
         raise
-    with circ._lock:
-        circ._record_fallback(True)
+    finally:
+        del error
+    with core.lock:
+        core.record_fallback(True)
     return value
-
-
-# -- threads, from async code ---------------------------------------------------------------------
-
-
-class _SharedSlot:
-    """A slot held by both the caller and a worker thread; freed when both let go."""
-
-    __slots__ = ("_circ", "_holders")
-
-    def __init__(self, circ: Circuit) -> None:
-        self._circ = circ
-        self._holders = 2
-
-    def drop(self, _: object = None) -> None:
-        circ = self._circ
-        with circ._lock:
-            self._holders -= 1
-            if self._holders == 0:
-                circ._in_flight -= 1
-
-
-async def call_async(
-    circ: Circuit,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    fallback: Fallback | None,
-) -> Any:
-    """Run a non-coroutine callable in a worker thread, awaiting it from async code."""
-    try:
-        gen, slot, fut = _start_thread(circ, fn, args, kwargs)
-    except _REFUSED as exc:
-        if fallback is None:
-            raise
-        return await _fallback_async(circ, fallback, exc)
-    timeout = circ._timeout
-    started = circ._now()
-    try:
-        try:
-            if timeout is None:
-                result = await _thread_result(fut)
-            elif _on_asyncio():
-                try:
-                    async with _asyncio_timeout(timeout) as scope:
-                        result = await _thread_result(fut)
-                except TimeoutError:
-                    if not scope.expired():
-                        raise
-                    raise _Expired(timeout) from None
-            else:
-                result = await _in_cancel_scope(_thread_result, (fut,), {}, timeout)
-        finally:
-            slot.drop()
-    except BaseException as exc:
-        return await _failed_async(circ, gen, exc, started, fallback, release=False)
-    _finish(circ, gen, SUCCESS, started, release=False)
-    return result
-
-
-def _start_thread(
-    circ: Circuit, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[int, _SharedSlot, Future[Any]]:
-    """Admit a threaded call (or raise the refusal) and start it in a worker thread.
-
-    The slot is shared by the caller and the thread: freed when both have let go.
-    """
-    gen = _admit(circ)
-    slot = _SharedSlot(circ)
-    try:
-        if kwargs:
-            fut = circ.threads().submit(partial(fn, *args, **kwargs), ())
-        else:
-            fut = circ.threads().submit(fn, args)
-    except BaseException:
-        slot.drop()
-        slot.drop()
-        raise
-    fut.add_done_callback(slot.drop)
-    return gen, slot, fut
-
-
-async def _thread_result(fut: Future[Any]) -> Any:
-    """Wait for a worker thread's result; then await it if it is awaitable."""
-    if _on_asyncio():
-        result = await asyncio.wrap_future(fut)
-    else:
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-
-        def wake(_: object) -> None:
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
-
-        fut.add_done_callback(wake)
-        await done.wait()
-        result = fut.result()
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-# -- threads, from sync code -----------------------------------------------------------------------
-
-
-def call_sync(
-    circ: Circuit,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    fallback: Fallback | None,
-) -> Any:
-    """Run ``fn`` in a worker thread and wait for it here, under the command's timeout."""
-    try:
-        gen, slot, fut = _start_thread(circ, fn, args, kwargs)
-    except _REFUSED as exc:
-        if fallback is None:
-            raise
-        return _fallback_sync(circ, fallback, exc)
-    timeout = circ._timeout
-    started = circ._now()
-    try:
-        try:
-            error = fut.exception(timeout)  # TimeoutError only while still running
-        finally:
-            slot.drop()
-    except TimeoutError:
-        assert timeout is not None
-        error = CommandTimeoutError(circ.name, timeout=timeout)
-        kind = TIMEOUT
-    except BaseException:  # e.g. KeyboardInterrupt while waiting: not our failure
-        _finish(circ, gen, CANCELLED, started, release=False)
-        raise
-    else:
-        if error is None:
-            _finish(circ, gen, SUCCESS, started, release=False)
-            return fut.result()
-        kind = _kind_of(circ, error)
-    _finish(circ, gen, kind, started, release=False)
-    if fallback is None or kind >= IGNORED:
-        raise error
-    return _fallback_sync(circ, fallback, error)
-
-
-def _fallback_sync(circ: Circuit, fallback: Fallback, exc: BaseException) -> Any:
-    try:
-        value = fallback(exc)
-        if inspect.isawaitable(value):
-            if inspect.iscoroutine(value):
-                value.close()
-            raise TypeError(
-                f"command {circ.name!r}: the fallback of a sync call returned an awaitable; "
-                "use a plain function as fallback for plain def commands"
-            )
-    except Exception:
-        with circ._lock:
-            circ._record_fallback(False)
-        raise
-    with circ._lock:
-        circ._record_fallback(True)
-    return value
-

@@ -7,17 +7,18 @@ Exceptions raised by *your* functions are never wrapped: they reach you unchange
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
-if TYPE_CHECKING:
-    from ._circuit import CircuitStatistics
+from ._rolling import CircuitStatistics, statistics_of
 
 __all__ = [
     "CircuitOpenError",
     "CommandError",
     "CommandTimeoutError",
+    "ConfigurationWarning",
+    "FailedResultError",
     "MaxConcurrencyError",
     "PoolClosedError",
     "PoolError",
@@ -45,8 +46,9 @@ class CircuitOpenError(CommandError):
     circuit is forced open); ``statistics`` is the rolling-window snapshot that explains why.
     """
 
-    # Raised on the fast-fail path: one slot holds (command, retry_after, statistics), and the
-    # statistics object and the message are built only when somebody looks.
+    # Raised on the fast-fail path: one slot holds (command, retry_after, statistics), where
+    # statistics may still be the raw (totals, count_rejections) pair: the snapshot and the
+    # message are built only when somebody looks.
     __slots__ = ("_info",)
 
     def __init__(
@@ -71,9 +73,7 @@ class CircuitOpenError(CommandError):
     def statistics(self) -> CircuitStatistics:
         command, retry_after, stats = self._info
         if isinstance(stats, tuple):
-            from ._circuit import _statistics
-
-            stats = _statistics(stats)
+            stats = statistics_of(*stats)
             self._info = (command, retry_after, stats)
         return stats  # type: ignore[no-any-return]
 
@@ -90,7 +90,14 @@ class CircuitOpenError(CommandError):
         return (_rebuild_open, (self.command, self.retry_after, self.statistics))
 
 
-_new_exception = Exception.__new__
+def circuit_open(
+    command: str, retry_after: float | None, totals: tuple[int, ...], count_rejections: bool
+) -> CircuitOpenError:
+    """A ``CircuitOpenError`` built for the fast-fail path: no ``__init__``, no message and
+    no statistics snapshot until somebody reads them."""
+    exc = Exception.__new__(CircuitOpenError, command)
+    exc._info = (command, retry_after, (totals, count_rejections))
+    return exc
 
 
 def _rebuild_open(
@@ -108,6 +115,20 @@ class MaxConcurrencyError(CommandError):
             command=command,
         )
         self.limit = limit
+
+
+class FailedResultError(CommandError):
+    """The function returned a value that the command's ``failed_if`` marks as a failure.
+
+    Handed to the fallback; ``result`` is the value.
+    """
+
+    def __init__(self, command: str, *, result: Any) -> None:
+        super().__init__(
+            f"command {command!r}: the result {result!r:.200} is a failure (failed_if)",
+            command=command,
+        )
+        self.result = result
 
 
 class CommandTimeoutError(CommandError, TimeoutError):
@@ -132,3 +153,7 @@ class PoolClosedError(PoolError):
 
 class PoolFullError(PoolError, anyio.WouldBlock):
     """``submit_nowait`` found the queue full."""
+
+
+class ConfigurationWarning(UserWarning):
+    """Two places configure one command differently (e.g. two decorators of one name)."""

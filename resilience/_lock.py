@@ -28,21 +28,24 @@ class TokenLock:
     __slots__ = ("_token", "give", "take")
 
     def __init__(self) -> None:
-        self._token: list[bool] = [True]
+        self._token: list[bool] = [True]  # pop() returns True: acquire's result
         #: Take the token: raises ``IndexError`` if another thread holds it (then call acquire).
         self.take = self._token.pop
         #: Give the token back: ``give(True)``.
         self.give = self._token.append
 
     def acquire(self) -> bool:
+        """Take the token, waiting for it; returns ``True``.
+
+        Taking it and returning are one line, so an interrupt (a ``KeyboardInterrupt`` from a
+        signal handler) lands either before the token is taken or after the caller knows.
+        """
         take = self.take
         while True:
             try:
-                take()
+                return take()
             except IndexError:
                 _sleep(0)  # held by another thread for a few bytecodes: let it finish
-            else:
-                return True
 
     def release(self) -> None:
         if self._token:

@@ -1,4 +1,4 @@
-"""Commands by name: configuration, circuits, the decorator, ``run`` and ``run_sync``.
+"""Commands by name: configuration, circuits, events, the decorator, ``run`` and ``run_sync``.
 
 A module-level default registry backs ``resilience.command``, ``resilience.run`` and friends;
 ``Registry(metrics_registry=..., clock=...)`` gives an isolated one (tests, multi-tenant apps).
@@ -6,44 +6,42 @@ A module-level default registry backs ``resilience.command``, ``resilience.run``
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
-import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ParamSpec, TypeVar, overload
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar, TypeVarTuple
 
 from prometheus_client import CollectorRegistry
 
-from ._circuit import Circuit
-from ._command import Fallback, call_async, call_sync, coroutine_caller
+from ._circuit import Circuit, CircuitCore, publish, timer
+from ._command import coroutine_caller
+from ._command_sync import call_async, call_sync
 from ._config import CommandConfig
+from ._decorate import CommandDecorator, check_fallback, is_async_callable
+from ._errors import ConfigurationWarning
+from ._events import Event, EventBus
 from ._exporter import Hub
+from ._names import check_name
 
-__all__ = ["CommandDecorator", "Registry"]
+__all__ = ["Registry"]
 
-P = ParamSpec("P")
-_MAX_CACHED_CALLERS = 1024
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+_Caller = Callable[..., Coroutine[Any, Any, Any]]
 
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"command name must be a non-empty str, got {name!r}")
-    return name
-
-
-def _check_fallback(fallback: object) -> None:
-    if fallback is not None and not callable(fallback):
-        raise TypeError(f"fallback must be callable or None, got {fallback!r}")
+#: ``run()`` keeps at most this many cached callers per command name (oldest dropped first),
+#: so a program that builds a new callable per call stays bounded, and one that uses many
+#: names pays nothing extra: the cache is per name, never cleared as a whole.
+CALLERS_PER_NAME = 16
 
 
 class Registry:
     """An isolated set of commands, exporting to one prometheus-client registry.
 
     ``metrics_registry`` defaults to prometheus-client's default registry; ``clock`` is a
-    zero-argument callable returning monotonic seconds, driving sleep windows, the rolling
-    window and ``retry_after`` (timeouts always use real time).
+    zero-argument callable returning monotonic seconds that drives sleep windows, the rolling
+    window, ``retry_after`` and recorded durations (timeouts always use the event loop's or
+    the thread's real time).
     """
 
     def __init__(
@@ -53,30 +51,45 @@ class Registry:
     ) -> None:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
+        if metrics_registry is not None and not isinstance(metrics_registry, CollectorRegistry):
+            raise TypeError(
+                f"metrics_registry must be a prometheus_client CollectorRegistry or None, "
+                f"got {metrics_registry!r}"
+            )
         self._hub = Hub.of(metrics_registry)
-        self._clock: Callable[[], float] = clock or time.monotonic
-        self._circuits: dict[str, Circuit] = {}
-        # run()'s callers: name -> fn -> caller without a fallback (two dict lookups, no key
-        # tuple on the hot path); (name, fn, fallback) -> caller with one
-        self._callers: dict[str, dict[Any, Callable[..., Coroutine[Any, Any, Any]]]] = {}
-        self._fallback_callers: dict[
-            tuple[str, Any, Any], Callable[..., Coroutine[Any, Any, Any]]
-        ] = {}
-        self._cached_callers = 0
+        self._clock: Callable[[], float] = clock or timer
+        self._bus = EventBus()
+        self._cores: dict[str, CircuitCore] = {}
+        self._views: dict[str, Circuit] = {}
+        # run()'s callers: name -> id(fn) -> (fn, fallback, caller); entries keep fn and
+        # fallback alive, so an id is never reused while cached, and are checked by identity
+        self._callers: dict[str, dict[int, tuple[Any, Any, _Caller]]] = {}
+        self._decorated: dict[str, dict[str, Any]] = {}  # fields set by decorators, by name
         self._lock = threading.Lock()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _core(self, name: str) -> CircuitCore:
+        core = self._cores.get(name) if type(name) is str else None
+        if core is None:
+            name = check_name(name, "command")
+            with self._lock:
+                core = self._cores.get(name)
+                if core is None:
+                    series = self._hub.command(name)
+                    core = CircuitCore(name, CommandConfig(), series, self._clock, self._bus)
+                    self._cores[name] = core
+                    self._views[name] = Circuit(core)
+                    self._callers[name] = {}
+        return core
 
     def get_circuit(self, name: str) -> Circuit:
         """The circuit of ``name`` (created closed and empty if never used)."""
-        circuit = self._circuits.get(name)
-        if circuit is None:
-            _check_name(name)
-            with self._lock:
-                circuit = self._circuits.get(name)
-                if circuit is None:
-                    series = self._hub.command(name)
-                    circuit = Circuit(name, CommandConfig(), series, self._clock)
-                    self._circuits[name] = circuit
-        return circuit
+        view = self._views.get(name) if type(name) is str else None
+        if view is None:
+            self._core(name)
+            view = self._views[name]
+        return view
 
     def configure_command(
         self, name: str, config: CommandConfig | None = None, /, **changes: Any
@@ -86,18 +99,26 @@ class Registry:
         Keywords change only the fields given; a ``CommandConfig`` replaces the whole config.
         Takes effect for the next call; circuit state and statistics are kept.
         """
-        _check_name(name)
+        check_name(name, "command")
         if config is not None:
             if changes:
                 raise TypeError("pass either a CommandConfig or keyword changes, not both")
             if not isinstance(config, CommandConfig):
                 raise TypeError(f"config must be a CommandConfig, got {config!r}")
             new = config
-        else:
-            # Validate before touching the registry, so bad input creates nothing.
-            CommandConfig().replace(**changes)
-            new = self.get_circuit(name).config.replace(**changes)
-        self.get_circuit(name).configure(new)
+            self._set(name, lambda old: new)
+            return new
+        CommandConfig().replace(**changes)  # validate before touching the registry
+        return self._set(name, lambda old: old.replace(**changes))
+
+    def _set(self, name: str, change: Callable[[CommandConfig], CommandConfig]) -> CommandConfig:
+        core = self._core(name)
+        with core.lock:
+            new = change(core.config)
+            core.configure(new)
+            events = core.take_events()
+        if events:
+            publish(core, events)
         return new
 
     def configure(self, configs: Mapping[str, CommandConfig]) -> None:
@@ -107,40 +128,71 @@ class Registry:
                 f"configure() takes a mapping of name -> CommandConfig, got {configs!r}"
             )
         for name, config in configs.items():
-            _check_name(name)
+            check_name(name, "command")
             if not isinstance(config, CommandConfig):
                 raise TypeError(
                     f"config of command {name!r} must be a CommandConfig, got {config!r}"
                 )
         for name, config in configs.items():
-            self.get_circuit(name).configure(config)
+            self.configure_command(name, config)
 
     def flush(self) -> None:
         """Forget every circuit's state and rolling statistics (configurations stay)."""
-        for circuit in list(self._circuits.values()):
-            circuit.flush()
+        for core in list(self._cores.values()):
+            with core.lock:
+                core.flush()
+                events = core.take_events()
+            if events:
+                publish(core, events)
+
+    def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event of this registry's commands.
+
+        Returns a function that unsubscribes. Callbacks run synchronously in the thread or
+        task that caused the event, outside every lock: keep them quick and thread-safe.
+        """
+        return self._bus.subscribe(callback)
+
+    # -- decorating and running ------------------------------------------------------------------
 
     def command(
-        self, name: str, *, fallback: Fallback | None = None, **config: Any
+        self, name: str, *, fallback: Callable[[Exception], Any] | None = None, **config: Any
     ) -> CommandDecorator:
         """Decorate an ``async def`` or a plain ``def`` so every call goes through ``name``.
 
         Keyword arguments other than ``fallback`` configure the command, exactly like
         ``configure_command(name, **config)`` at decoration time.
         """
-        _check_name(name)
-        _check_fallback(fallback)
+        name = check_name(name, "command")
+        check_fallback(fallback, f"@command({name!r})")
         if config:
             self.configure_command(name, **config)
-        return CommandDecorator(self.get_circuit(name), fallback)
+            self._warn_conflicts(name, config)
+        return CommandDecorator(self._core(name), fallback)
+
+    def _warn_conflicts(self, name: str, config: dict[str, Any]) -> None:
+        with self._lock:
+            earlier = self._decorated.setdefault(name, {})
+            clash = sorted(f for f, v in config.items() if f in earlier and earlier[f] != v)
+            before = {f: earlier[f] for f in clash}
+            earlier.update(config)
+        if clash:
+            detail = ", ".join(f"{f}={before[f]!r} -> {config[f]!r}" for f in clash)
+            warnings.warn(
+                f"command {name!r} is decorated more than once with different settings "
+                f"({detail}); all its call sites share one configuration, the last one wins. "
+                "Use different names, or configure it in one place (configure_command)",
+                ConfigurationWarning,
+                stacklevel=3,
+            )
 
     def run(
         self,
         name: str,
-        fn: Callable[..., Any],
-        *args: Any,
-        fallback: Fallback | None = None,
-    ) -> Coroutine[Any, Any, Any]:
+        fn: Callable[[*Ts], Awaitable[T] | T],
+        *args: *Ts,
+        fallback: Callable[[Exception], T | Awaitable[T]] | None = None,
+    ) -> Coroutine[Any, Any, T]:
         """``await run(name, fn, *args)``: call ``fn(*args)`` through command ``name``.
 
         Use ``functools.partial`` for keyword arguments. Coroutine functions run in this task;
@@ -148,105 +200,51 @@ class Registry:
         under the same deadline). Returns the call's coroutine, so awaiting it costs one frame.
         """
         try:
-            if fallback is None:
-                caller = self._callers[name][fn]
-            else:
-                caller = self._fallback_callers[name, fn, fallback]
-        except (KeyError, TypeError):  # first call for this fn, or an unhashable fn
+            fn_, fallback_, caller = self._callers[name][id(fn)]
+            if fn_ is not fn or fallback_ is not fallback:
+                raise KeyError(name)
+        except (KeyError, TypeError):  # first call for this fn, or an unhashable name
             caller = self._new_caller(name, fn, fallback)
         return caller(*args)
 
-    def _new_caller(
-        self, name: str, fn: Callable[..., Any], fallback: Fallback | None
-    ) -> Callable[..., Coroutine[Any, Any, Any]]:
-        """Build (and cache, if ``fn`` is hashable) the caller ``run`` uses."""
-        caller = self._caller(name, fn, fallback)
-        try:
-            hash(fn)
-        except TypeError:
-            return caller  # an unhashable callable: no caching
-        if self._cached_callers >= _MAX_CACHED_CALLERS:
-            # e.g. a fresh lambda or partial per call: start over rather than grow
-            self._callers.clear()
-            self._fallback_callers.clear()
-            self._cached_callers = 0
-        if fallback is None:
-            self._callers.setdefault(name, {})[fn] = caller
+    def _new_caller(self, name: str, fn: Any, fallback: Any) -> _Caller:
+        core = self._core(name)
+        check_fallback(fallback, f"run({core.name!r})")
+        if is_async_callable(fn):
+            caller = coroutine_caller(core, fn, fallback)
+        elif callable(fn):
+
+            def caller(*args: Any) -> Coroutine[Any, Any, Any]:
+                return call_async(core, fn, args, {}, fallback)
+
         else:
-            self._fallback_callers[name, fn, fallback] = caller
-        self._cached_callers += 1
+            raise TypeError(f"command {core.name!r}: fn must be callable, got {fn!r}")
+        cache = self._callers[core.name]
+        if len(cache) >= CALLERS_PER_NAME:
+            cache.pop(next(iter(cache)), None)  # the oldest entry
+        cache[id(fn)] = (fn, fallback, caller)
         return caller
-
-    def _caller(
-        self, name: str, fn: Callable[..., Any], fallback: Fallback | None
-    ) -> Callable[..., Coroutine[Any, Any, Any]]:
-        """The function ``run`` calls for ``(name, fn, fallback)``."""
-        circuit = self.get_circuit(name)
-        _check_fallback(fallback)
-        if inspect.iscoroutinefunction(fn):
-            return coroutine_caller(circuit, fn, fallback)
-        if not callable(fn):
-            raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
-
-        def in_thread(*args: Any) -> Coroutine[Any, Any, Any]:
-            return call_async(circuit, fn, args, {}, fallback)
-
-        return in_thread
 
     def run_sync(
         self,
         name: str,
-        fn: Callable[..., T],
-        *args: Any,
-        fallback: Callable[[BaseException], T] | None = None,
+        fn: Callable[[*Ts], T],
+        *args: *Ts,
+        fallback: Callable[[Exception], T] | None = None,
     ) -> T:
-        """Call the plain function ``fn(*args)`` through command ``name`` from sync code."""
-        circuit = self._circuits.get(name) or self.get_circuit(name)
+        """Call the plain function ``fn(*args)`` through command ``name`` from sync code.
+
+        With ``timeout=None`` it runs in this thread; with a timeout, in a worker thread.
+        """
+        core = self._cores.get(name) if type(name) is str else None
+        if core is None:
+            core = self._core(name)
         if not callable(fn):
-            raise TypeError(f"command {name!r}: fn must be callable, got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(
-                f"command {name!r}: run_sync() needs a plain function, got the coroutine "
-                f"function {fn!r}; use 'await run(...)' from async code"
-            )
-        result: T = call_sync(circuit, fn, args, {}, fallback)
+            raise TypeError(f"command {core.name!r}: fn must be callable, got {fn!r}")
+        if fallback is not None and not callable(fallback):
+            raise TypeError(f"run_sync({core.name!r}): fallback must be callable or None")
+        result: T = call_sync(core, fn, args, {}, fallback)
         return result
-
-
-class CommandDecorator:
-    """What ``command(name)`` returns: applies the command to a function."""
-
-    def __init__(self, circuit: Circuit, fallback: Fallback | None) -> None:
-        self._circuit = circuit
-        self._fallback = fallback
-
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, T]]
-    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
-
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        circuit = self._circuit
-        fallback = self._fallback
-        if inspect.iscoroutinefunction(fn):
-
-            return functools.wraps(fn)(coroutine_caller(circuit, fn, fallback))
-        if not callable(fn):
-            raise TypeError(f"@command({circuit.name!r}) needs a function, got {fn!r}")
-        if fallback is not None and inspect.iscoroutinefunction(fallback):
-            raise TypeError(
-                f"@command({circuit.name!r}): a plain def needs a plain fallback, "
-                f"got the coroutine function {fallback!r}"
-            )
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return call_sync(circuit, fn, args, kwargs, fallback)
-
-        return sync_wrapper
 
 
 default_registry = Registry()

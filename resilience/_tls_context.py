@@ -4,21 +4,24 @@ A server context remembers the files it was made from (in a weak map, so the con
 plain ``ssl.SSLContext`` that anyio and ASGI servers handle natively). Every load, first or
 reload, works on one snapshot of the files: the bytes are read once, checked with
 ``cryptography`` (parse, key matches certificate), loaded into a scratch context, and only then
-into the live one, so a half-written or broken pair can never replace a good one.
+into the live one, so a half-written, broken or expired pair can never replace a good one.
+Only regular files are read: a FIFO, device or directory is refused without blocking.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import ssl
+import stat
 import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -32,10 +35,13 @@ __all__ = [
     "CertSource",
     "certificate_expiry",
     "client_context",
+    "install",
     "reload_certificates",
     "server_context",
     "source_of",
 ]
+
+log = logging.getLogger("resilience.tls")
 
 StrPath: TypeAlias = str | os.PathLike[str]
 Password: TypeAlias = str | bytes | Callable[[], str | bytes] | None
@@ -98,9 +104,35 @@ def source_of(ctx: ssl.SSLContext) -> CertSource | None:
 # -- reading and checking files -----------------------------------------------------------------
 
 
+#: os.open flags: O_NONBLOCK so that opening a FIFO never waits for a writer.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | (
+    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def _check_regular(mode: int, path: Path, what: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket" if stat.S_ISSOCK(mode) else "a special file"
+    )
+    raise ValueError(f"{what} {path} is not a regular file ({kind}): only regular files are read")
+
+
 def _read(path: Path, what: str) -> bytes:
+    """The bytes of the regular file ``path``; never blocks on a FIFO or reads a device."""
     try:
-        return path.read_bytes()
+        _check_regular(os.stat(path).st_mode, path, what)  # no open() of a FIFO at all ...
+        fd = os.open(path, _OPEN_FLAGS)
+        try:  # ... and no race: what was opened is checked again
+            _check_regular(os.fstat(fd).st_mode, path, what)
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, f"{what} not found: {path}", str(path)) from None
     except OSError as exc:
@@ -113,6 +145,29 @@ def _certificates(data: bytes, path: Path, what: str) -> list[x509.Certificate]:
     except ValueError as exc:
         raise ValueError(f"{what} {path} holds no valid PEM certificate: {exc}") from None
     return certs
+
+
+def _check_validity(cert: x509.Certificate, path: Path, what: str) -> None:
+    """``ValueError`` naming ``path`` unless ``cert`` is valid now."""
+    now = datetime.now(UTC)
+    if cert.not_valid_after_utc < now:
+        raise ValueError(
+            f"{what} {path}: the certificate expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    if cert.not_valid_before_utc > now:
+        raise ValueError(
+            f"{what} {path}: the certificate is not yet valid (valid from "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC)"
+        )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):  # none, or malformed extensions
+        return False
+    return constraints.ca
 
 
 def _password_bytes(password: Password) -> bytes | None:
@@ -144,6 +199,7 @@ class _Pair:
 def _read_pair(certfile: Path, keyfile: Path | None, password: Password) -> _Pair:
     cert_pem = _read(certfile, "certfile")
     certs = _certificates(cert_pem, certfile, "certfile")
+    _check_validity(certs[0], certfile, "certfile")
     key_path, key_what = (certfile, "certfile") if keyfile is None else (keyfile, "keyfile")
     key_pem = cert_pem if keyfile is None else _read(keyfile, "keyfile")
     pw = _password_bytes(password)
@@ -199,7 +255,8 @@ def _load_pair(ctx: ssl.SSLContext, pair: _Pair, source: CertSource) -> None:
         ctx.load_cert_chain(path, password=pair.password)
 
 
-def _install(ctx: ssl.SSLContext, source: CertSource) -> None:
+def install(ctx: ssl.SSLContext, source: CertSource) -> None:
+    """Load the pair ``source`` names into ``ctx``; raise (naming the file) if it is bad."""
     with source.lock:
         signature = source.current_signature()
         pair = _read_pair(source.certfile, source.keyfile, source.password)
@@ -211,7 +268,12 @@ def _install(ctx: ssl.SSLContext, source: CertSource) -> None:
 def _load_ca(ctx: ssl.SSLContext, cafile: StrPath, what: str) -> None:
     path = Path(cafile)
     data = _read(path, what)
-    _certificates(data, path, what)
+    certs = _certificates(data, path, what)
+    if what == "client_ca" and not any(map(_is_ca, certs)):
+        raise ValueError(
+            f"{what} {path} holds no CA certificate (basicConstraints CA=true), "
+            f"only {len(certs)} leaf certificate(s): give the CA that signs the clients"
+        )
     try:
         ctx.load_verify_locations(cadata=data.decode("ascii"))
     except (ssl.SSLError, UnicodeDecodeError) as exc:
@@ -252,7 +314,7 @@ def server_context(
     source = CertSource(
         Path(certfile), None if keyfile is None else Path(keyfile), password
     )
-    _install(ctx, source)
+    install(ctx, source)
     _sources[ctx] = source
     return ctx
 
@@ -278,7 +340,7 @@ def client_context(
         _load_ca(ctx, cafile, "cafile")
     if certfile is not None:
         source = CertSource(Path(certfile), None if keyfile is None else Path(keyfile), None)
-        _install(ctx, source)
+        install(ctx, source)
     elif keyfile is not None:
         raise ValueError(f"keyfile {keyfile} given without a certfile")
     return ctx
@@ -287,16 +349,21 @@ def client_context(
 def reload_certificates(ctx: ssl.SSLContext) -> bool:
     """Load the current files of a :func:`server_context` context into it.
 
-    New handshakes use the new pair; open connections keep theirs. A missing, broken or
-    mismatched pair raises (``FileNotFoundError``/``ValueError`` naming the file) and the
-    old pair stays. Returns ``False`` for a context not made by :func:`server_context`.
-    Call it from the thread that serves the context (OpenSSL contexts are not meant to be
-    changed while another thread starts a handshake on them).
+    New handshakes use the new pair; open connections keep theirs. Returns ``True`` when the
+    new pair is loaded. A missing, half-written, broken, mismatched, expired or not yet valid
+    pair is logged (ERROR, logger ``resilience.tls``), the old pair stays and the result is
+    ``False``; so it is for a context not made by :func:`server_context`. Call it from the
+    thread that serves the context (OpenSSL contexts are not meant to be changed while
+    another thread starts a handshake on them).
     """
     source = _sources.get(ctx)
     if source is None:
         return False
-    _install(ctx, source)
+    try:
+        install(ctx, source)
+    except (OSError, ValueError) as exc:
+        log.error("resilience.tls: certificate not reloaded, the current one stays: %s", exc)
+        return False
     return True
 
 

@@ -9,17 +9,24 @@ under ``handshake_timeout``: a slow or broken client only ever costs its own slo
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
+import math
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 from prometheus_client import CollectorRegistry
 
 from ._exporter import Hub, TLSSeries
-from ._tls_context import CertSource, reload_certificates, source_of
+from ._names import check_name
+from ._tls_context import CertSource, install, source_of
 
 __all__ = ["serve_tls"]
 
@@ -35,6 +42,90 @@ CLOSE_GRACE = 1.0
 _PEER_GONE = (anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError, ConnectionError)
 #: Pause after a failing accept (e.g. out of file descriptors) before trying again.
 ACCEPT_RETRY = 0.1
+
+
+def _anyio_internals_ok() -> bool:
+    """Whether anyio's ``TLSStream`` has the private parts :class:`_TLSStream` relies on."""
+    names = {f.name for f in dataclasses.fields(TLSStream)}
+    return {"_ssl_object", "_read_bio", "_write_bio"} <= names and callable(
+        getattr(TLSStream, "_flush_write_bio", None)
+    ) and callable(getattr(TLSStream, "_call_sslobject_method", None))
+
+
+@dataclasses.dataclass(eq=False)
+class _TLSStream(TLSStream):
+    """anyio's ``TLSStream`` whose ``receive`` returns every record already received.
+
+    OpenSSL decrypts one record (at most 16 KiB) per read, so plain ``TLSStream.receive``
+    hands a 64 KiB transport read to the handler in four pieces: four passes through the
+    handler, four ``send`` calls and syscalls. This one keeps decrypting what is already
+    buffered, without waiting, up to ``max_bytes`` (as asyncio's SSL transport does). An
+    error met while draining is raised by the next ``receive``, after the data before it.
+    """
+
+    _error: BaseException | None = dataclasses.field(default=None, init=False, repr=False)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._error is not None:
+            error, self._error = self._error, None
+            await self._call_sslobject_method(_raise, error)  # mapped as anyio maps it
+        data = await super().receive(max_bytes)
+        size, obj, bio = len(data), self._ssl_object, self._read_bio
+        if size >= max_bytes or not (bio.pending or obj.pending()):
+            return data
+        parts = [data]
+        while size < max_bytes and (bio.pending or obj.pending()):
+            try:
+                more = obj.read(max_bytes - size)
+            except ssl.SSLWantReadError:  # the rest of a record is still on its way
+                break
+            except ssl.SSLError as exc:
+                self._error = exc
+                break
+            if not more:  # close_notify: the next receive() raises EndOfStream
+                break
+            parts.append(more)
+            size += len(more)
+        if self._write_bio.pending:  # e.g. the answer to a TLS 1.3 KeyUpdate
+            await self._flush_write_bio()
+        return b"".join(parts)
+
+
+#: Bytes asked of the socket per read: asyncio's transport reads up to 256 KiB at a time, and
+#: anyio would hand TLSStream's default 64 KiB requests slices of that, copying the rest.
+TRANSPORT_READ = 256 * 1024
+
+
+class _WideReads(ByteStream):
+    """The connection's socket stream, read ``TRANSPORT_READ`` bytes at a time."""
+
+    def __init__(self, inner: SocketStream) -> None:
+        self.inner = inner
+        self.send = inner.send  # type: ignore[method-assign]  # no extra frame per write
+
+    async def receive(self, max_bytes: int = TRANSPORT_READ) -> bytes:
+        return await self.inner.receive(max(max_bytes, TRANSPORT_READ))
+
+    async def send(self, item: bytes) -> None:  # replaced per instance in __init__
+        await self.inner.send(item)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.inner.extra_attributes
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+#: The stream class handed to handlers (plain ``TLSStream`` if anyio's internals moved).
+STREAM: type[TLSStream] = _TLSStream if _anyio_internals_ok() else TLSStream
 
 
 class _Server:
@@ -73,7 +164,10 @@ class _Server:
 
     async def accept_loop(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
         while True:
-            await self.slots.acquire()
+            try:  # a free slot costs no event-loop turn (accept() is a checkpoint anyway)
+                self.slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await self.slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -88,11 +182,13 @@ class _Server:
 
     async def connection(self, sock: SocketStream) -> None:
         tls: TLSStream | None = None
+        closed = False
         try:
             with anyio.move_on_after(self.handshake_timeout):
                 try:
-                    tls = await TLSStream.wrap(
-                        sock, server_side=True, ssl_context=self.ctx, standard_compatible=True
+                    tls = await STREAM.wrap(
+                        _WideReads(sock), server_side=True, ssl_context=self.ctx,
+                        standard_compatible=True,
                     )
                 except Exception as exc:  # ssl.SSLError, BrokenResourceError, EndOfStream, ...
                     self._count(FAILURE)
@@ -117,11 +213,13 @@ class _Server:
                 if tls is not None:  # close_notify, bounded, even when we are being cancelled
                     with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_GRACE):
                         try:
-                            await tls.aclose()
+                            await tls.aclose()  # closes the socket too
+                            closed = True
                         except Exception:
                             pass
             finally:
-                await anyio.aclose_forcefully(sock)
+                if not closed:
+                    await anyio.aclose_forcefully(sock)
                 self.slots.release()
 
     async def watch(self, source: CertSource, interval: float) -> None:
@@ -133,7 +231,7 @@ class _Server:
             if signature == source.signature or signature == failed:
                 continue
             try:
-                reload_certificates(self.ctx)
+                install(self.ctx, source)
             except Exception as exc:  # OSError, ValueError; never let it stop the server
                 failed = signature
                 log.error(
@@ -147,22 +245,72 @@ class _Server:
                 )
 
 
+#: Upper bound of the time parameters (one day), as for command timeouts.
+MAX_SECONDS = 86_400.0
+
+
+def _is_async_callable(fn: object) -> bool:
+    """A coroutine function, an object whose ``__call__`` is one, or a partial of either."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (the method itself, not callable())
+    )
+
+
+def _check_seconds(field: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        extra = " or None" if optional else ""
+        raise TypeError(f"{field} must be a number of seconds{extra}, got {value!r}")
+    if not 0 < value <= MAX_SECONDS or math.isnan(value):
+        raise ValueError(f"{field} must be > 0 and <= {MAX_SECONDS:g} seconds, got {value!r}")
+
+
 def _validate(
-    port: int, ssl_context: ssl.SSLContext, handshake_timeout: float, max_connections: int,
-    reload_interval: float | None,
+    handler: object, port: object, ssl_context: object, handshake_timeout: object,
+    max_connections: object, reload_interval: object,
 ) -> None:
+    if not callable(handler):
+        raise TypeError(f"handler must be an async function, got {handler!r}")
+    if not _is_async_callable(handler):
+        raise TypeError(
+            f"handler must be an async function (async def handler(stream): ...), got the "
+            f"plain callable {handler!r}"
+        )
     if not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)!r}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    if ssl_context.protocol == ssl.PROTOCOL_TLS_CLIENT or ssl_context.check_hostname:
+        raise ValueError(
+            f"ssl_context must be a server context (resilience.tls.server_context(), or "
+            f"PROTOCOL_TLS_SERVER without check_hostname), got a client context "
+            f"({ssl_context.protocol!r}, check_hostname={ssl_context.check_hostname})"
+        )
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int in 0..65535, got {port!r}")
+    if not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-    if not handshake_timeout > 0:
-        raise ValueError(f"handshake_timeout must be > 0, got {handshake_timeout!r}")
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
-        max_connections < 1
-    ):
+    _check_seconds("handshake_timeout", handshake_timeout)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise TypeError(f"max_connections must be an int >= 1, got {max_connections!r}")
+    if max_connections < 1:
         raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
-    if reload_interval is not None and not reload_interval > 0:
-        raise ValueError(f"reload_interval must be > 0 or None, got {reload_interval!r}")
+    _check_seconds("reload_interval", reload_interval, optional=True)
+
+
+async def _listen(host: str, port: int) -> MultiListener[SocketStream]:
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        try:
+            new = type(exc)(exc.errno, message)
+        except TypeError:  # an OSError subclass with another signature
+            new = OSError(exc.errno, message)
+        raise new from exc
 
 
 async def serve_tls(
@@ -187,13 +335,16 @@ async def serve_tls(
     connections are served at once. With a context from ``server_context`` the certificate
     files are checked every ``reload_interval`` seconds (``None``: never) and reloaded when
     they change. Metrics go to ``metrics_registry`` (prometheus-client's default when ``None``)
-    under the ``server`` label ``name``.
+    under the ``server`` label ``name``. Bad arguments (a plain function as ``handler``, a
+    client context, ...) raise ``TypeError``/``ValueError`` before anything starts; an
+    address in use raises ``OSError`` naming ``host:port``.
     """
-    _validate(port, ssl_context, handshake_timeout, max_connections, reload_interval)
-    series = Hub.of(metrics_registry).tls_server(name)
-    server = _Server(handler, ssl_context, series, name, handshake_timeout, max_connections)
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    name = check_name(name, "TLS server")
+    _validate(handler, port, ssl_context, handshake_timeout, max_connections, reload_interval)
+    listener = await _listen(host, port)
     async with listener:
+        series = Hub.of(metrics_registry).tls_server(name)
+        server = _Server(handler, ssl_context, series, name, handshake_timeout, max_connections)
         with series.lock:
             series.servers.add(server)
         try:

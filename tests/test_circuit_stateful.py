@@ -127,7 +127,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model = Model(volume, percent)
         self.reg.configure_command(
             NAME, timeout=None, max_concurrent_requests=1, request_volume_threshold=volume,
-            error_percent_threshold=percent, sleep_window=SLEEP, rolling_window=1e6,
+            error_percent_threshold=percent, sleep_window=SLEEP, rolling_window=86_400,
             buckets=10, ignore_exceptions=(Caller,),
         )
 

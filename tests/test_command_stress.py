@@ -43,7 +43,7 @@ async def test_thousands_of_mixed_calls_add_up(
     reg: resilience.Registry = make_registry(clock, metrics_registry)
     reg.configure_command(
         NAME, timeout=0.05, max_concurrent_requests=30, request_volume_threshold=20,
-        error_percent_threshold=50, sleep_window=5.0, rolling_window=1e6,
+        error_percent_threshold=50, sleep_window=5.0, rolling_window=86_400,
         ignore_exceptions=(Caller,), force_closed=not breaker,
     )
     observed: Counter[str] = Counter()
@@ -180,7 +180,7 @@ def test_run_sync_from_many_threads_adds_up(metrics_registry: CollectorRegistry)
 
     reg = make_registry(FakeClock(), metrics_registry)
     reg.configure_command(
-        NAME, timeout=None, max_concurrent_requests=3, force_closed=True, rolling_window=1e6,
+        NAME, timeout=None, max_concurrent_requests=3, force_closed=True, rolling_window=86_400,
         ignore_exceptions=(Caller,),
     )
     threads, per_thread = 8, 150

@@ -199,7 +199,7 @@ def test_bad_input_names_the_file(pki: PKI) -> None:
     other_cert, other_key = pki.ca.issue(pki.dir, "other")
     with pytest.raises(ValueError, match=r"keyfile .*other.key does not match .*server.pem"):
         server_context(pki.cert, other_key)
-    with pytest.raises(ValueError, match="unreadable"):  # a directory cannot be read
+    with pytest.raises(ValueError, match="not a regular file"):  # a directory is never read
         server_context(pki.dir, pki.key)
     with pytest.raises(ValueError, match="'bogus'"):
         server_context(pki.cert, pki.key, profile="bogus")  # type: ignore[arg-type]
@@ -235,7 +235,7 @@ def test_certificate_expiry(pki: PKI) -> None:
         certificate_expiry(pki.key)
 
 
-def test_reload_certificates(pki: PKI) -> None:
+def test_reload_certificates(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     ctx = server_context(pki.cert, pki.key)
     client = client_context(pki.ca.path)
     old_conn, _ = memory_handshake(ctx, client)
@@ -248,11 +248,20 @@ def test_reload_certificates(pki: PKI) -> None:
     # Half-written pair: a new certificate whose key has not arrived yet.
     third_cert, _ = pki.ca.issue(pki.dir, "third")
     pki.cert.write_bytes(third_cert.read_bytes())
-    with pytest.raises(ValueError, match="does not match"):
-        reload_certificates(ctx)
+    with caplog.at_level(logging.ERROR, "resilience.tls"):
+        assert reload_certificates(ctx) is False  # logged, the old pair stays
+    assert "server.key does not match" in caplog.text
     assert memory_handshake(ctx, client)[0].getpeercert(binary_form=True) == der(new_cert)
+    caplog.clear()
     pki.key.write_bytes(b"")  # truncated
-    with pytest.raises(ValueError, match="server.key"):
-        reload_certificates(ctx)
+    with caplog.at_level(logging.ERROR, "resilience.tls"):
+        assert reload_certificates(ctx) is False
+    assert "server.key holds no usable PEM private key" in caplog.text
+    assert memory_handshake(ctx, client)[0].getpeercert(binary_form=True) == der(new_cert)
+    caplog.clear()
+    pki.key.unlink()  # gone for a moment (a renewal tool renaming files)
+    with caplog.at_level(logging.ERROR, "resilience.tls"):
+        assert reload_certificates(ctx) is False
+    assert "keyfile not found" in caplog.text
     assert memory_handshake(ctx, client)[0].getpeercert(binary_form=True) == der(new_cert)
     assert reload_certificates(ssl.create_default_context()) is False  # nothing to reload

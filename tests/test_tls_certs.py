@@ -50,8 +50,14 @@ class CA:
         rsa_bits: int | None = None,
         password: bytes | None = None,
         common_name: str | None = None,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
     ) -> tuple[Path, Path]:
-        """A leaf certificate and key signed by this CA, written to ``stem.pem``/``stem.key``."""
+        """A leaf certificate and key signed by this CA, written to ``stem.pem``/``stem.key``.
+
+        Valid from an hour ago for ``days``, unless ``not_before``/``not_after`` say otherwise
+        (an expired certificate: ``not_after`` in the past).
+        """
         key: PrivateKey = (
             rsa.generate_private_key(65537, rsa_bits) if rsa_bits else ec.generate_private_key(
                 ec.SECP256R1()
@@ -73,8 +79,8 @@ class CA:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(not_before or now - dt.timedelta(hours=1))
+            .not_valid_after(not_after or now + dt.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(

@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -82,7 +83,10 @@ async def test_echo_and_close_notify(pki: PKI, metrics_registry: CollectorRegist
 
 
 async def test_mutual_tls(pki: PKI, metrics_registry: CollectorRegistry) -> None:
+    peers: list[object] = []
+
     async def hello(stream: TLSStream) -> None:
+        peers.append(stream.extra(TLSAttribute.peer_certificate))
         await stream.send(b"hello")
         await stream.receive()
 
@@ -110,6 +114,7 @@ async def test_mutual_tls(pki: PKI, metrics_registry: CollectorRegistry) -> None
             await good.aclose()
     assert handshakes(metrics_registry, "m", "success") == 1
     assert handshakes(metrics_registry, "m", "failure") == 2
+    assert len(peers) == 1 and peers[0]  # the refused clients never reached the handler
 
 
 async def test_handshake_timeout_and_failures_leave_others_alone(
@@ -150,7 +155,7 @@ async def test_handshake_timeout_and_failures_leave_others_alone(
 async def test_max_connections(pki: PKI, metrics_registry: CollectorRegistry) -> None:
     release = anyio.Event()
     entered: list[int] = []
-    peak = 0
+    peak: float = 0
 
     async def hold(stream: TLSStream) -> None:
         nonlocal peak
@@ -326,6 +331,20 @@ async def test_automatic_reload(
             errors = sum(r.levelno == logging.ERROR for r in caplog.records)
             await anyio.sleep(0.2)  # unchanged broken files are reported once, not every tick
             assert sum(r.levelno == logging.ERROR for r in caplog.records) == errors
+
+            caplog.clear()  # a consistent pair that has expired is refused as well
+            old_cert, old_key = pki.ca.issue(
+                pki.dir, "expired", not_before=datetime(2020, 1, 1, tzinfo=UTC),
+                not_after=datetime(2020, 2, 1, tzinfo=UTC),
+            )
+            pki.key.write_bytes(old_key.read_bytes())
+            pki.cert.write_bytes(old_cert.read_bytes())
+
+            async def expired_reported() -> bool:
+                return "server.pem: the certificate expired on 2020-02-01" in caplog.text
+
+            await until(expired_reported)
+            assert await served_cert(port) == der(new_cert)
             await old.aclose()
 
 
@@ -388,3 +407,30 @@ async def test_peer_breaking_the_connection_is_not_an_error(
     assert seen and isinstance(seen[0], anyio.BrokenResourceError)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("connection broken" in r.message for r in caplog.records)
+
+
+async def test_receive_drains_buffered_records_in_order(
+    pki: PKI, metrics_registry: CollectorRegistry
+) -> None:
+    """A receive returns every record already buffered (up to max_bytes), data intact, and
+    a close_notify right behind the data still ends the stream after all of it."""
+    sizes: list[int] = []
+    received = bytearray()
+    ended = anyio.Event()
+
+    async def collect(stream: TLSStream) -> None:
+        async for chunk in stream:
+            sizes.append(len(chunk))
+            received.extend(chunk)
+        ended.set()  # EndOfStream after the last byte
+
+    payload = bytes(range(256)) * 4096  # 1 MiB: 64 full TLS records
+    ctx = server_context(pki.cert, pki.key)
+    with anyio.fail_after(10):
+        async with serving(collect, ctx, metrics_registry=metrics_registry) as port:
+            client = await connect(port, client_context(pki.ca.path))
+            await client.send(payload)
+            await client.aclose()  # close_notify right behind the data, then the server's
+            await ended.wait()
+    assert bytes(received) == payload
+    assert max(sizes) > 16384 and all(s <= 65536 for s in sizes)  # several records at once

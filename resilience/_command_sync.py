@@ -1,0 +1,319 @@
+"""Running plain callables through a command: in the caller's thread, or in worker threads.
+
+* Sync code, ``timeout=None``: the function runs in the caller's thread (thread-locals and
+  per-thread connections work; no thread hop).
+* Sync code with a timeout, or a plain callable given to ``run`` from async code: the
+  function runs in a worker thread so the caller's timeout holds. The slot is shared by the
+  caller and the thread (:class:`SharedSlot`) and freed when both let go, so a thread that
+  outlives its caller's timeout keeps its slot until it returns.
+
+Each caller keeps a ``phase`` local, changed on the same line as what it tracks, so that one
+handler around the whole call knows what to give back, whatever interrupts it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+import anyio
+
+from ._backend import wait_future
+from ._circuit import NEED_WAITER, REFUSED, WAITING, CircuitCore, publish
+from ._circuit import timer as _timer
+from ._command import (
+    FALLBACK,
+    REFUSALS,
+    Expired,
+    Fallback,
+    Verdict,
+    admit,
+    call_fallback,
+    chain,
+    failed,
+    finish,
+    judge,
+    settle,
+)
+from ._errors import FailedResultError
+from ._outcomes import SUCCESS
+from ._threads import ThreadPool
+
+__all__ = ["call_async", "call_sync"]
+
+# phases of a threaded call
+_DONE, _NOT_ADMITTED, _ADMITTED, _SHARED, _DROPPED = range(-1, 4)
+
+
+class SharedSlot:
+    """A slot held by both the caller and a worker thread; freed when both let go."""
+
+    __slots__ = ("_core", "_holders")
+
+    def __init__(self, core: CircuitCore) -> None:
+        self._core = core
+        self._holders = 2
+
+    def drop(self, _: object = None) -> None:
+        core = self._core
+        with core.lock:
+            self._holders -= 1
+            if self._holders == 0:
+                core.release()
+
+
+def _threads(core: CircuitCore) -> ThreadPool:
+    pool = core.threads
+    if pool is None:
+        with core.lock:
+            if core.threads is None:
+                core.threads = ThreadPool(core.name)
+            pool = core.threads
+    return pool
+
+
+def _start(
+    core: CircuitCore, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[SharedSlot, Future[Any]]:
+    """Start ``fn`` in a worker thread for an admitted call; the slot becomes shared."""
+    slot = SharedSlot(core)
+    if kwargs:
+        fn, args = partial(fn, *args, **kwargs), ()
+    fut = _threads(core).submit(fn, args)
+    fut.add_done_callback(slot.drop)
+    return slot, fut
+
+
+def _not_awaitable(core: CircuitCore, value: Any) -> None:
+    """A sync-run function returned an awaitable: close it and refuse the call."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # no "never awaited" warning
+        raise Verdict(
+            value,
+            TypeError(
+                f"command {core.name!r}: a plain function returned the awaitable {value!r}; "
+                "decorate an 'async def' instead, or use 'await resilience.run(...)' from "
+                "async code"
+            ),
+        )
+
+
+# -- from async code ------------------------------------------------------------------------------
+
+
+async def call_async(
+    core: CircuitCore,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fallback: Fallback | None,
+) -> Any:
+    """Run a non-coroutine callable in a worker thread, awaiting it from async code."""
+    phase = _NOT_ADMITTED
+    slot = started = None
+    gen = REFUSED
+    try:
+        gen = await admit(core); phase = _ADMITTED  # noqa: E702
+        slot, fut = _start(core, fn, args, kwargs); phase = _SHARED  # noqa: E702
+        timeout = core.timeout
+        started = _timer()
+        if timeout is None:
+            result = await wait_future(fut)
+            if inspect.isawaitable(result):
+                result = await result
+        else:
+            with anyio.move_on_after(timeout) as scope:
+                result = await wait_future(fut)
+                if inspect.isawaitable(result):
+                    result = await result
+            if scope.cancelled_caught:
+                raise Expired(timeout, scope.deadline)
+        slot.drop(); phase = _DROPPED  # noqa: E702
+        if core.failed_if is not None:
+            judge(core.failed_if, result)
+        finish(core, gen, SUCCESS, _timer() - started, release=False)
+        return result
+    except BaseException as exc:
+        if phase == _SHARED and slot is not None:
+            slot.drop()
+        if phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS)):
+            raise
+        error = exc
+    try:
+        if phase == _NOT_ADMITTED:
+            assert fallback is not None and isinstance(error, Exception)
+            return await call_fallback(core, fallback, error)
+        return await failed(core, gen, error, started, fallback, release=phase == _ADMITTED)
+    finally:
+        del error
+
+
+# -- from sync code --------------------------------------------------------------------------------
+
+
+class _ThreadWaiter:
+    """A sync caller waiting for a slot: a lock the granter releases."""
+
+    __slots__ = ("_lock", "gen", "state")
+
+    def __init__(self) -> None:
+        self.state = 0
+        self.gen = -1
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> None:
+        self._lock.acquire(timeout=timeout)
+
+
+def _admit_sync(core: CircuitCore) -> int:
+    """Admission from sync code: the generation, or raise the refusal."""
+    lock = core.lock
+    waiter: _ThreadWaiter | None = None
+    while True:
+        with lock:
+            gen = core.admit(waiter)
+            refused = core.refused
+            core.refused = None
+            events = core.take_events()
+        if events:
+            publish(core, events)
+        if gen >= 0:
+            return gen
+        if gen == NEED_WAITER:
+            waiter = _ThreadWaiter()
+            continue
+        if gen == WAITING:
+            assert waiter is not None
+            try:
+                waiter.wait(core.max_wait)
+            except BaseException:
+                with lock:
+                    if not core.give_up(waiter):
+                        core.release()  # granted just as we were interrupted: pass it on
+                raise
+            with lock:
+                if not core.give_up(waiter):
+                    return waiter.gen  # granted: the slot is ours
+                core.reject_waiter(waiter.gen)
+                refused = core.refused
+                core.refused = None
+                events = core.take_events()
+            if events:
+                publish(core, events)
+        assert refused is not None
+        try:
+            raise refused
+        finally:
+            del refused
+
+
+def call_sync(
+    core: CircuitCore,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fallback: Fallback | None,
+) -> Any:
+    """Run the plain function ``fn`` through ``core`` from sync code."""
+    lock = core.lock
+    phase = _NOT_ADMITTED
+    held = slot = started = None
+    gen = REFUSED
+    timeout = core.timeout
+    try:
+        try:
+            held = lock.take()
+        except IndexError:
+            held = lock.acquire()
+        if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
+            # one line: an interrupt lands before or after all of it (see the module doc)
+            core.in_flight += 1; gen = core.gen; held = lock.give(True); phase = _ADMITTED  # noqa: E702
+        else:
+            held = lock.give(True)
+            gen = _admit_sync(core); phase = _ADMITTED  # noqa: E702
+        started = _timer()
+        if timeout is None:
+            result = fn(*args, **kwargs)  # in this thread
+        else:
+            slot, fut = _start(core, fn, args, kwargs); phase = _SHARED  # noqa: E702
+            try:
+                fut.exception(timeout)  # raises TimeoutError only while fn still runs
+            except TimeoutError:
+                raise Expired(timeout, 0.0) from None
+            slot.drop(); phase = _DROPPED  # noqa: E702
+            result = fut.result()
+        _not_awaitable(core, result)
+        if core.failed_if is not None:
+            judge(core.failed_if, result)
+        duration = _timer() - started
+        if phase == _DROPPED:
+            finish(core, gen, SUCCESS, duration, release=False)
+            return result
+        try:
+            held = lock.take()
+        except IndexError:
+            held = lock.acquire()
+        core.release(); phase = _DONE  # noqa: E702
+        core.record(gen, SUCCESS, duration)
+        events = core.take_events()
+        held = lock.give(True)
+        if events:
+            publish(core, events)
+        return result
+    except BaseException as exc:
+        if held:
+            lock.give(True)
+        if phase == _SHARED and slot is not None:
+            slot.drop()
+        if phase == _DONE or (
+            phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS))
+        ):
+            raise
+        error = exc
+    try:
+        if phase == _NOT_ADMITTED:
+            assert fallback is not None and isinstance(error, Exception)
+            return _fallback_sync(core, fallback, error)
+        elapsed = None if started is None else _timer() - started
+        action, err = settle(core, gen, error, elapsed, release=phase == _ADMITTED)
+        if action == FALLBACK and fallback is not None:
+            return _fallback_sync(core, fallback, err)
+        if action == FALLBACK and isinstance(err, FailedResultError):
+            return err.result
+        if err is error:
+            raise error
+        raise err from None
+    finally:
+        del error
+
+
+def _fallback_sync(core: CircuitCore, fallback: Fallback, error: Exception) -> Any:
+    try:
+        value = fallback(error)
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()
+            raise TypeError(
+                f"command {core.name!r}: the fallback of a sync call returned an awaitable; "
+                "use a plain function as fallback for plain def commands"
+            )
+    except Exception as exc:
+        chain(exc, error)
+        with core.lock:
+            core.record_fallback(False)
+        raise
+    finally:
+        del error
+    with core.lock:
+        core.record_fallback(True)
+    return value
+
