@@ -4,8 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# What lint checks: ruff over all of it, mypy --strict over the typed code (bench/ needs its
+# peer libraries installed to type-check: see `make bench`).
+RUFF_PATHS := resilience tests examples bench scripts
+MYPY_PATHS := resilience tests examples scripts
 
-.PHONY: demo test lint pytest bench tools clean
+.PHONY: demo test lint pytest bench tools clean-install clean
 
 # One venv; each target installs only the extras it needs (a peer library of the benchmark
 # that fails to install must not break `make demo`).
@@ -26,24 +30,30 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.created
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 
+## The demo lives in examples/demo/ (not in the installed package); run from this directory.
 demo: $(VENV)/.demo
-	$(PY) -m resilience.demo $(DEMO_ARGS)
+	$(PY) -m examples.demo $(DEMO_ARGS)
 
 ## External tools the integration tests need (sslscan, prometheus, sslyze in its own venv).
+## Installs what it can; outside CI a missing tool only skips the tests that need it.
 tools: $(VENV)/.test
 	bash scripts/ensure-tools.sh
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check resilience tests examples bench
-	$(VENV)/bin/mypy resilience
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/mypy --strict $(MYPY_PATHS)
+
+## The wheel, installed alone into a fresh .venv-clean (runtime dependencies only), works.
+clean-install: $(VENV)/.created
+	PYTHON=$(PYTHON) PIP_PY=$(PY) bash scripts/clean-install.sh
 
 pytest: $(VENV)/.test tools
 	bash scripts/pytest.sh $(PYTEST_ARGS)
 
-test: lint pytest
+test: lint clean-install pytest
 
 bench: $(VENV)/.bench $(VENV)/.test
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-sslyze .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-sslyze .venv-clean .mypy_cache .pytest_cache .ruff_cache dist build

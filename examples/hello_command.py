@@ -22,7 +22,7 @@ rng = random.Random(2024)  # seeded: the same story on every run
 causes: collections.Counter[str] = collections.Counter()
 
 
-def cached_greeting(exc: Exception) -> str:
+def cached_greeting(exc: BaseException) -> str:
     """The fallback: runs on timeout, failure, rejection and open circuit."""
     causes[type(exc).__name__] += 1
     return "hello from the cache"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple, overload
 
 from prometheus_client import CollectorRegistry
 
@@ -186,13 +186,31 @@ class Registry:
                 stacklevel=3,
             )
 
+    @overload
     def run(
         self,
         name: str,
-        fn: Callable[[*Ts], Awaitable[T] | T],
+        fn: Callable[[*Ts], Awaitable[T]],
         *args: *Ts,
         fallback: Callable[[Exception], T | Awaitable[T]] | None = None,
-    ) -> Coroutine[Any, Any, T]:
+    ) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def run(
+        self,
+        name: str,
+        fn: Callable[[*Ts], T],
+        *args: *Ts,
+        fallback: Callable[[Exception], T | Awaitable[T]] | None = None,
+    ) -> Coroutine[Any, Any, T]: ...
+
+    def run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        fallback: Callable[[Exception], Any] | None = None,
+    ) -> Coroutine[Any, Any, Any]:
         """``await run(name, fn, *args)``: call ``fn(*args)`` through command ``name``.
 
         Use ``functools.partial`` for keyword arguments. Coroutine functions run in this task;

@@ -98,7 +98,8 @@ def run_file(path: Path, backend: str) -> None:
     """Execute every runnable block of ``path`` in order (the subprocess side)."""
     import anyio
 
-    from resilience._demo_certs import write_certificates
+    sys.path.insert(0, str(ROOT))  # the demo's certificates live in examples/demo/
+    from examples.demo.certs import write_certificates
 
     module = types.ModuleType("__docs__")
     module.__file__ = str(path)

@@ -1,4 +1,5 @@
-"""Smoke tests of everything a newcomer runs: every ``examples/*.py`` and ``make demo``.
+"""Smoke tests of everything a newcomer runs: every ``examples/*.py`` and ``make demo``
+(``examples/demo/``).
 
 Each runs as a real subprocess (as a user would run it) with a timeout; we check the exit
 status and the lines that tell its story. The demo also gets a Ctrl-C test on a terminal.
@@ -61,7 +62,8 @@ EXPECTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def _example_cases() -> list[object]:
-    names = sorted({p.name for p in EXAMPLES.glob("*.py")} | set(EXPECTED))
+    scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
+    names = sorted(scripts | set(EXPECTED))
     cases: list[object] = []
     for name in names:
         backends = EXPECTED.get(name, ((), ("",)))[1]
@@ -85,7 +87,8 @@ def test_example_runs(name: str, backend: str) -> None:
 
 # -- the demo -----------------------------------------------------------------------------------
 
-DEMO = [sys.executable, "-m", "resilience.demo"]
+# What `make demo` runs, from the repository's root (examples/demo/ is not installed).
+DEMO = [sys.executable, "-m", "examples.demo"]
 
 
 def test_demo_tells_its_story_on_both_backends() -> None:

@@ -1,13 +1,15 @@
 """Unit tests of the demo's parts: the schedule, the upstream, the metric reading, the verdict.
 
-``test_examples.py`` runs the whole demo; these pin down the pieces it is judged by, so that a
-demo whose story did not happen cannot pass its own checks.
+The demo lives in ``examples/demo/`` (not in the package). ``test_examples.py`` runs the
+whole demo; these pin down the pieces it is judged by, so that a demo whose story did not
+happen cannot pass its own checks.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -15,11 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from resilience import CircuitOpenError, Registry
-from resilience._demo_certs import write_certificates
-from resilience._demo_story import Reply, Story
-from resilience._demo_upstream import PHASES, Phase, Schedule, Upstream
-from resilience._demo_view import LiveView, Tick, quantile, read_sample
-from resilience.demo import Options
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's examples/
+
+from examples.demo.app import Options
+from examples.demo.certs import write_certificates
+from examples.demo.story import Reply, Story
+from examples.demo.upstream import PHASES, Phase, Schedule, Upstream
+from examples.demo.view import LiveView, Tick, quantile, read_sample
 
 
 def test_phases_scale_with_the_duration() -> None:

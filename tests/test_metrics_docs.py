@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from _tools import require_tool
 
 from resilience.metrics import METRIC_NAMES
 
@@ -18,9 +17,7 @@ SAMPLES = set(METRIC_NAMES) | {h + s for h in HISTOGRAMS for s in ("_bucket", "_
 
 
 def promtool_check_rules(rules: str, tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found: run `make tools` (Debian package prometheus)")
+    promtool = require_tool("promtool")  # skipped without it (failed under CI=true)
     path = tmp_path / "rules.yml"
     path.write_text(rules)
     done = subprocess.run(

@@ -1,9 +1,11 @@
-"""A real Prometheus server scrapes a service's /metrics over HTTPS (our CA) on loopback."""
+"""A real Prometheus server scrapes a service's /metrics over HTTPS (our CA) on loopback.
+
+Needs the ``prometheus`` binary (``make tools``): skipped without it, failed under CI=true.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tools import require_tool
 from test_tls_certs import make_ca
 
 pytestmark = pytest.mark.slow
@@ -80,9 +83,7 @@ def wait_for(port: int, promql: str, prom: subprocess.Popen[bytes],
 
 
 def test_real_prometheus_scrapes_our_https_endpoint(tmp_path: Path) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: run `make tools` (Debian package prometheus)")
+    binary = require_tool("prometheus")
     ca = make_ca(tmp_path)
     cert, key = ca.issue(tmp_path, "service")
     service = subprocess.Popen(

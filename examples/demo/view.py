@@ -1,6 +1,6 @@
 """The demo's live view: read resilience's Prometheus metrics once a second and show rates.
 
-Everything shown comes from the public metric names (DESIGN section 4) read from a
+Everything shown comes from the public metric names (``resilience.metrics``) read from a
 ``CollectorRegistry``, exactly what a dashboard would see: the view doubles as a check that
 the metrics tell the story. A terminal gets a redrawn block (plain ANSI escapes, no curses);
 anything else gets one line per second.
@@ -16,7 +16,7 @@ from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
-from .metrics import (
+from resilience.metrics import (
     CIRCUIT_ERROR_RATIO,
     CIRCUIT_STATE,
     COMMAND_CALLS,

@@ -1,8 +1,8 @@
 """Throwaway certificates for the demo and the docs' examples: a CA, a server, a client.
 
 Everything is generated at start (EC P-256, valid for a day) so nothing secret ships with the
-package. The certificates carry the extensions a strict verifier wants (key usage, extended key
-usage, SKI/AKI), so verification needs no relaxed flags.
+repository. The certificates carry the extensions a strict verifier wants (key usage, extended
+key usage, SKI/AKI), so verification needs no relaxed flags.
 """
 
 from __future__ import annotations

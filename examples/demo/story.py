@@ -12,8 +12,9 @@ from typing import TextIO
 
 import httpx
 
-from ._demo_upstream import Schedule
-from ._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
+from resilience import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
+
+from .upstream import Schedule
 
 __all__ = ["Reply", "Story", "reason"]
 

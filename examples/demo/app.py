@@ -6,7 +6,8 @@ breaker, fallback to the last good answer) and a :class:`~resilience.WorkerPool`
 stream of jobs that call it too. ``/metrics`` is served the whole time; a live view shows the
 metrics once a second; the run ends with checks that the story happened (exit 1 if not).
 
-Run ``python -m resilience.demo --help``. Ctrl-C stops it cleanly (exit status 130).
+Run ``python -m examples.demo --help`` from the repository's root (or ``make demo``). Ctrl-C
+stops it cleanly (exit status 130).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import httpx
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import WorkerPool, command, get_circuit, tls
-from ._demo_certs import write_certificates
-from ._demo_story import Reply, Story, reason
-from ._demo_upstream import Schedule, Upstream
-from ._demo_view import LiveView, Tick, read_sample
-from .metrics import CIRCUIT_STATE, COMMAND_CALLS, start_metrics_server
+from resilience import WorkerPool, command, get_circuit, tls
+from resilience.metrics import CIRCUIT_STATE, COMMAND_CALLS, start_metrics_server
+
+from .certs import write_certificates
+from .story import Reply, Story, reason
+from .upstream import Schedule, Upstream
+from .view import LiveView, Tick, read_sample
 
 __all__ = ["Options", "main"]
 
@@ -296,7 +298,7 @@ async def _main(opts: Options, out: TextIO) -> int:
 
 def _parse(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="python -m resilience.demo",
+        prog="python -m examples.demo",
         description="Every part of resilience working together against a flaky HTTPS upstream.",
     )
     parser.add_argument("--duration", type=float, default=30.0,
@@ -334,6 +336,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\ninterrupted\n")
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
