@@ -56,11 +56,12 @@ class Deadline:
     else cancelled the task too (``uncancel()`` brings the count back to where it was).
     """
 
-    __slots__ = ("_cancelling", "_handle", "fired", "task", "when")
+    __slots__ = ("_cancelling", "_handle", "delay", "fired", "task", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], delay: float):
         self.task = task
         self.fired = False
+        self.delay = delay
         self._cancelling = task.cancelling()
         self.when = loop.time() + delay
         self._handle: asyncio.TimerHandle | None = loop.call_at(self.when, self._fire)

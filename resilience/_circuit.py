@@ -181,9 +181,12 @@ class CircuitCore:
 
     # -- admission (lock held) ------------------------------------------------------------
 
-    def admit(self, waiter: SlotWaiter | None = None) -> int:
+    def admit(self, ticket: list[int], waiter: SlotWaiter | None = None) -> int:
         """Admit one call: its generation, or REFUSED (the error in ``refused``), or
-        NEED_WAITER (call again with a waiter), or WAITING (``waiter`` was queued)."""
+        NEED_WAITER (call again with a waiter), or WAITING (``waiter`` was queued).
+
+        The generation of a slot taken is also appended to ``ticket`` on the line that takes
+        it, so a caller interrupted before it sees the return value still knows."""
         state = self.state
         config = self.config
         if state == OPEN and not config.force_open:  # the common refusal first
@@ -212,7 +215,7 @@ class CircuitCore:
             self._apply()
         if self.in_flight < self.max and not self.waiters:
             # one line: a KeyboardInterrupt lands before or after both, never between
-            self.in_flight += 1; return self.gen  # noqa: E702
+            self.in_flight += 1; ticket.append(self.gen); return self.gen  # noqa: E702
         if not trial and self.max_wait > 0:
             if waiter is None:
                 return NEED_WAITER
@@ -232,6 +235,37 @@ class CircuitCore:
         w.add(now, SHORT_CIRCUITED)
         self.refused = circuit_open(self.name, retry_after, tuple(w.totals), self.count_rejections)
         return REFUSED
+
+    def try_admit(
+        self, ticket: list[int], waiter: SlotWaiter | None
+    ) -> tuple[int, CommandError | None, list[StateChange] | None]:
+        """``admit`` plus what its caller needs after letting go of the lock: the refusal to
+        raise (if any) and the events to publish."""
+        gen = self.admit(ticket, waiter)
+        refused = self.refused
+        self.refused = None
+        return gen, refused, self.take_events()
+
+    def leave_queue(self, waiter: SlotWaiter) -> None:
+        """An interrupted waiter leaves the queue, passing on a slot granted meanwhile."""
+        if not self.give_up(waiter):
+            self.release()
+
+    def end_wait(
+        self, waiter: SlotWaiter
+    ) -> tuple[int, CommandError | None, list[StateChange] | None]:
+        """A waiter woke up or its ``max_wait`` passed: its generation if it was granted a
+        slot, else REFUSED with the rejection to raise (counted) and the events."""
+        if not self.give_up(waiter):
+            return waiter.gen, None, None
+        self.reject_waiter(waiter.gen)
+        refused = self.refused
+        self.refused = None
+        return REFUSED, refused, self.take_events()
+
+    def count(self, kind: int) -> None:
+        """Count a lifetime outcome only (e.g. a call cancelled before admission)."""
+        self.calls[kind] += 1
 
     def give_up(self, waiter: SlotWaiter) -> bool:
         """A waiter stops waiting (max_wait passed, or cancelled): ``True`` if it left the

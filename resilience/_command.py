@@ -66,6 +66,7 @@ _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
 REFUSALS = (CircuitOpenError, MaxConcurrencyError)
 RELEASED = -10  # a ``gen`` value: the slot was given back
+_NO_TICKET: list[int] = []  # (never appended to: only admit() appends, to a fresh list)
 
 
 class Expired(Exception):
@@ -154,7 +155,7 @@ def coroutine_caller(
     shared_clock = clock is timer  # production: one reading serves duration and window
 
     async def call(*args: Any, **kwargs: Any) -> Any:
-        held = started = deadline = None; gen = REFUSED  # noqa: E702 (what the handler needs)
+        held = started = deadline = None; gen = REFUSED; ticket = _NO_TICKET  # noqa: E702
         try:
             try:
                 held = take()
@@ -163,8 +164,8 @@ def coroutine_caller(
             if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
                 core.in_flight += 1; gen = core.gen; held = give(True)  # noqa: E702
             else:
-                held = give(True)
-                gen = await admit(core)  # waits for a slot, or raises the refusal
+                held = give(True); ticket = []  # noqa: E702
+                gen = await admit(core, ticket)  # waits for a slot, or raises the refusal
             timeout = core.timeout
             started = timer()
             if timeout is None:
@@ -174,17 +175,11 @@ def coroutine_caller(
                 if loop is None:
                     result = await in_cancel_scope(fn, args, kwargs, timeout)
                 else:
+                    # the inline asyncio deadline (no nested try: its line would be outside
+                    # the handler below); the handler tells our cancel from the caller's
                     deadline = Deadline(loop, _current_task(loop), timeout)  # type: ignore[arg-type]
-                    try:
-                        result = await fn(*args, **kwargs)
-                    except _CancelledError:
-                        if deadline.disarm():
-                            raise Expired(timeout, deadline.when) from None
-                        raise
-                    except BaseException:
-                        deadline.disarm()  # (it may have turned our cancel into an error)
-                        raise
-                    deadline.disarm()  # (it may have swallowed our cancel)
+                    result = await fn(*args, **kwargs)
+                    deadline.disarm()  # (the function may have swallowed our cancel)
             failed_if = core.failed_if
             if failed_if is not None:
                 judge(failed_if, result)
@@ -192,10 +187,7 @@ def coroutine_caller(
             duration = ended - started
             if not shared_clock:
                 ended = clock()  # a test clock: the window runs on it
-            try:
-                held = take()
-            except IndexError:
-                held = acquire()
+            held = acquire()  # (not take(): a nested try's own line is outside the handler)
             if core.waiters:
                 core.release(); g = gen; gen = RELEASED  # noqa: E702
             else:
@@ -221,11 +213,14 @@ def coroutine_caller(
         except BaseException as exc:
             if held:
                 give(True)
-            if deadline is not None:
-                deadline.disarm()
-            if gen < 0 and (fallback is None or not isinstance(exc, REFUSALS)):
+            if gen == REFUSED and ticket:
+                gen = ticket[0]  # interrupted inside admit() after it took a slot
+            if deadline is not None and deadline.disarm() and isinstance(exc, _CancelledError):
+                error: BaseException = Expired(deadline.delay, deadline.when)  # ours
+            elif gen >= 0 or (fallback is not None and isinstance(exc, REFUSALS)):
+                error = exc
+            else:
                 raise
-            error = exc
         # Outside the handler, so that nothing we raise from here chains to a private error.
         try:
             if gen >= 0:
@@ -238,7 +233,7 @@ def coroutine_caller(
     return call
 
 
-async def admit(core: CircuitCore) -> int:
+async def admit(core: CircuitCore, ticket: list[int]) -> int:
     """Admission when the shortcut does not apply: circuit not closed, no slot free, or
     callers already waiting. Yields once first (every call is a checkpoint, refused ones
     included, so a loop of refusals lets deadlines fire and other tasks run), then returns
@@ -247,22 +242,11 @@ async def admit(core: CircuitCore) -> int:
     try:
         await checkpoint()
     except BaseException:
-        with lock:
-            core.calls[CANCELLED] += 1  # cancelled before it was admitted
+        lock.run(core.count, CANCELLED)  # cancelled before it was admitted
         raise
     waiter: Wakeup | None = None
     while True:
-        held: bool | None = False
-        try:
-            held = lock.acquire()
-            gen = core.admit(waiter)
-            refused = core.refused
-            core.refused = None
-            events = core.take_events()
-            held = lock.give(True)
-        finally:
-            if held:
-                lock.give(True)
+        gen, refused, events = lock.run(core.try_admit, ticket, waiter)
         if events:
             publish(core, events)
         if gen >= 0:
@@ -272,39 +256,22 @@ async def admit(core: CircuitCore) -> int:
             continue
         if gen == WAITING:
             assert waiter is not None
-            return await _wait_for_slot(core, waiter)
+            try:
+                with anyio.move_on_after(core.max_wait):
+                    await waiter.wait()
+            except BaseException:
+                lock.run(core.leave_queue, waiter)
+                raise
+            gen, refused, events = lock.run(core.end_wait, waiter)
+            if events:
+                publish(core, events)
+            if gen >= 0:
+                return gen
         assert refused is not None
         try:
             raise refused
         finally:
             del refused
-
-
-async def _wait_for_slot(core: CircuitCore, waiter: Wakeup) -> int:
-    """Wait (first come, first served) up to ``max_wait`` for a slot handed over to us."""
-    lock = core.lock
-    try:
-        with anyio.move_on_after(core.max_wait):
-            await waiter.wait()
-    except BaseException:
-        with lock:
-            if not core.give_up(waiter):
-                core.release()  # granted just as we were cancelled: pass it on
-        raise
-    with lock:
-        if not core.give_up(waiter):
-            return waiter.gen  # granted: the slot is ours
-        core.reject_waiter(waiter.gen)
-        refused = core.refused
-        core.refused = None
-        events = core.take_events()
-    if events:
-        publish(core, events)
-    assert refused is not None
-    try:
-        raise refused
-    finally:
-        del refused
 
 
 async def in_cancel_scope(
@@ -383,11 +350,9 @@ async def call_fallback(core: CircuitCore, fallback: Fallback, error: Exception)
             value = await value
     except Exception as exc:
         chain(exc, error)
-        with core.lock:
-            core.record_fallback(False)
+        core.lock.run(core.record_fallback, False)
         raise
     finally:
         del error
-    with core.lock:
-        core.record_fallback(True)
+    core.lock.run(core.record_fallback, True)
     return value

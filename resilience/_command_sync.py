@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from functools import partial
 from typing import Any
 
@@ -50,20 +50,42 @@ _DONE, _NOT_ADMITTED, _ADMITTED, _SHARED, _DROPPED = range(-1, 4)
 
 
 class SharedSlot:
-    """A slot held by both the caller and a worker thread; freed when both let go."""
+    """A slot held by both the caller and a worker thread; freed when both let go.
 
-    __slots__ = ("_core", "_holders")
+    Each share is given back on one line that also records it (``mine`` for the caller's),
+    so an interrupt can neither give a share back twice nor lose one.
+    """
+
+    __slots__ = ("_core", "handed", "holders", "mine")
 
     def __init__(self, core: CircuitCore) -> None:
         self._core = core
-        self._holders = 2
+        self.holders = 2
+        self.mine = True  # the caller still holds its share
+        self.handed = False  # the thread's share is handed to its future's done-callback
 
     def drop(self, _: object = None) -> None:
+        """The thread's share (a done-callback of its future)."""
+        self._core.lock.run(self._drop)
+
+    def drop_mine(self) -> None:
+        """The caller's share."""
+        if self.mine:
+            self._core.lock.run(self._drop_mine)
+
+    def _drop(self) -> None:
         core = self._core
-        with core.lock:
-            self._holders -= 1
-            if self._holders == 0:
-                core.release()
+        if self.holders == 1 and core.waiters:
+            core.release(); self.holders -= 1  # noqa: E702
+        else:  # no call on this line: an interrupt lands before or after all of it
+            core.in_flight -= self.holders == 1; self.holders -= 1  # noqa: E702
+
+    def _drop_mine(self) -> None:
+        core = self._core
+        if self.holders == 1 and core.waiters:
+            core.release(); self.holders -= 1; self.mine = False  # noqa: E702
+        else:
+            core.in_flight -= self.holders == 1; self.holders -= 1; self.mine = False  # noqa: E702
 
 
 def _threads(core: CircuitCore) -> ThreadPool:
@@ -76,16 +98,31 @@ def _threads(core: CircuitCore) -> ThreadPool:
     return pool
 
 
-def _start(
+def _submit(
     core: CircuitCore, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[SharedSlot, Future[Any]]:
-    """Start ``fn`` in a worker thread for an admitted call; the slot becomes shared."""
-    slot = SharedSlot(core)
+) -> Future[Any]:
+    """Start ``fn`` in one of the command's worker threads."""
     if kwargs:
         fn, args = partial(fn, *args, **kwargs), ()
-    fut = _threads(core).submit(fn, args)
-    fut.add_done_callback(slot.drop)
-    return slot, fut
+    return _threads(core).submit(fn, args)
+
+
+def _unshare(slot: SharedSlot, fut: Future[Any] | None) -> None:
+    """An interrupted caller lets go of a slot it was sharing (or about to share)."""
+    if fut is None:
+        slot.drop()  # no thread was started: both shares are ours
+    elif not slot.handed:
+        fut.add_done_callback(slot.drop)  # started, but its share was not handed over yet
+    slot.drop_mine()
+
+
+def _close_late(fut: Future[Any]) -> None:
+    """A thread that returned after its caller's timeout: close a coroutine it returned
+    (nobody will await it), so it neither warns "never awaited" nor runs half-way."""
+    if not fut.cancelled() and fut.exception() is None:
+        value = fut.result()
+        if inspect.iscoroutine(value):
+            value.close()
 
 
 def _not_awaitable(core: CircuitCore, value: Any) -> None:
@@ -115,11 +152,14 @@ async def call_async(
 ) -> Any:
     """Run a non-coroutine callable in a worker thread, awaiting it from async code."""
     phase = _NOT_ADMITTED
-    slot = started = None
+    slot = fut = started = None
     gen = REFUSED
+    ticket: list[int] = []
     try:
-        gen = await admit(core); phase = _ADMITTED  # noqa: E702
-        slot, fut = _start(core, fn, args, kwargs); phase = _SHARED  # noqa: E702
+        gen = await admit(core, ticket); phase = _ADMITTED  # noqa: E702
+        slot = SharedSlot(core); phase = _SHARED  # noqa: E702
+        fut = _submit(core, fn, args, kwargs)
+        fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
         timeout = core.timeout
         started = _timer()
         if timeout is None:
@@ -132,15 +172,18 @@ async def call_async(
                 if inspect.isawaitable(result):
                     result = await result
             if scope.cancelled_caught:
+                fut.add_done_callback(_close_late)
                 raise Expired(timeout, scope.deadline)
-        slot.drop(); phase = _DROPPED  # noqa: E702
+        slot.drop_mine(); phase = _DROPPED  # noqa: E702
         if core.failed_if is not None:
             judge(core.failed_if, result)
         finish(core, gen, SUCCESS, _timer() - started, release=False)
         return result
     except BaseException as exc:
         if phase == _SHARED and slot is not None:
-            slot.drop()
+            _unshare(slot, fut)
+        if phase == _NOT_ADMITTED and ticket:
+            phase, gen = _ADMITTED, ticket[0]  # interrupted in admit() after it took a slot
         if phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS)):
             raise
         error = exc
@@ -174,16 +217,12 @@ class _ThreadWaiter:
         self._lock.acquire(timeout=timeout)
 
 
-def _admit_sync(core: CircuitCore) -> int:
+def _admit_sync(core: CircuitCore, ticket: list[int]) -> int:
     """Admission from sync code: the generation, or raise the refusal."""
     lock = core.lock
     waiter: _ThreadWaiter | None = None
     while True:
-        with lock:
-            gen = core.admit(waiter)
-            refused = core.refused
-            core.refused = None
-            events = core.take_events()
+        gen, refused, events = lock.run(core.try_admit, ticket, waiter)
         if events:
             publish(core, events)
         if gen >= 0:
@@ -196,19 +235,13 @@ def _admit_sync(core: CircuitCore) -> int:
             try:
                 waiter.wait(core.max_wait)
             except BaseException:
-                with lock:
-                    if not core.give_up(waiter):
-                        core.release()  # granted just as we were interrupted: pass it on
+                lock.run(core.leave_queue, waiter)
                 raise
-            with lock:
-                if not core.give_up(waiter):
-                    return waiter.gen  # granted: the slot is ours
-                core.reject_waiter(waiter.gen)
-                refused = core.refused
-                core.refused = None
-                events = core.take_events()
+            gen, refused, events = lock.run(core.end_wait, waiter)
             if events:
                 publish(core, events)
+            if gen >= 0:
+                return gen
         assert refused is not None
         try:
             raise refused
@@ -226,8 +259,9 @@ def call_sync(
     """Run the plain function ``fn`` through ``core`` from sync code."""
     lock = core.lock
     phase = _NOT_ADMITTED
-    held = slot = started = None
+    held = slot = fut = started = None
     gen = REFUSED
+    ticket: list[int] = []
     timeout = core.timeout
     try:
         try:
@@ -239,17 +273,18 @@ def call_sync(
             core.in_flight += 1; gen = core.gen; held = lock.give(True); phase = _ADMITTED  # noqa: E702
         else:
             held = lock.give(True)
-            gen = _admit_sync(core); phase = _ADMITTED  # noqa: E702
+            gen = _admit_sync(core, ticket); phase = _ADMITTED  # noqa: E702
         started = _timer()
         if timeout is None:
             result = fn(*args, **kwargs)  # in this thread
         else:
-            slot, fut = _start(core, fn, args, kwargs); phase = _SHARED  # noqa: E702
-            try:
-                fut.exception(timeout)  # raises TimeoutError only while fn still runs
-            except TimeoutError:
-                raise Expired(timeout, 0.0) from None
-            slot.drop(); phase = _DROPPED  # noqa: E702
+            slot = SharedSlot(core); phase = _SHARED  # noqa: E702
+            fut = _submit(core, fn, args, kwargs)
+            fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
+            if not wait((fut,), timeout).done:  # (no try statement: see the module doc)
+                fut.add_done_callback(_close_late)
+                raise Expired(timeout, 0.0)
+            slot.drop_mine(); phase = _DROPPED  # noqa: E702
             result = fut.result()
         _not_awaitable(core, result)
         if core.failed_if is not None:
@@ -258,10 +293,7 @@ def call_sync(
         if phase == _DROPPED:
             finish(core, gen, SUCCESS, duration, release=False)
             return result
-        try:
-            held = lock.take()
-        except IndexError:
-            held = lock.acquire()
+        held = lock.acquire()  # (not take(): a nested try's own line is outside the handler)
         core.release(); phase = _DONE  # noqa: E702
         core.record(gen, SUCCESS, duration)
         events = core.take_events()
@@ -273,7 +305,9 @@ def call_sync(
         if held:
             lock.give(True)
         if phase == _SHARED and slot is not None:
-            slot.drop()
+            _unshare(slot, fut)
+        if phase == _NOT_ADMITTED and ticket:
+            phase, gen = _ADMITTED, ticket[0]  # interrupted in admit() after it took a slot
         if phase == _DONE or (
             phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS))
         ):
@@ -308,12 +342,10 @@ def _fallback_sync(core: CircuitCore, fallback: Fallback, error: Exception) -> A
             )
     except Exception as exc:
         chain(exc, error)
-        with core.lock:
-            core.record_fallback(False)
+        core.lock.run(core.record_fallback, False)
         raise
     finally:
         del error
-    with core.lock:
-        core.record_fallback(True)
+    core.lock.run(core.record_fallback, True)
     return value
 

@@ -93,7 +93,7 @@ class CommandConfig:
 def _check_number(field: str, value: object) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{field} must be a number, got {value!r}")
-    if math.isnan(value):
+    if isinstance(value, float) and math.isnan(value):
         raise ValueError(f"{field} must not be NaN")
 
 

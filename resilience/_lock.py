@@ -15,11 +15,14 @@ holder can finish. Not reentrant, like ``threading.Lock``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar
 
 __all__ = ["TokenLock"]
 
 _sleep = time.sleep
+T = TypeVar("T")
 
 
 class TokenLock:
@@ -46,6 +49,23 @@ class TokenLock:
                 return take()
             except IndexError:
                 _sleep(0)  # held by another thread for a few bytecodes: let it finish
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` with the lock held; whatever interrupts it, the lock is given back.
+
+        A ``with lock:`` block cannot promise that: an interrupt landing on the line of a
+        Python-level ``__exit__`` leaves the lock held. Here ``held`` is cleared on the line
+        that gives the token back, and the ``finally`` gives it only while still held.
+        """
+        held: bool | None = False
+        try:
+            held = self.acquire()
+            result = fn(*args)
+            held = self.give(True)
+            return result
+        finally:
+            if held:
+                self.give(True)
 
     def release(self) -> None:
         if self._token:

@@ -2,8 +2,17 @@
 
 It runs beside any event loop (or none), so sync and async applications start it the same way.
 HTTPS uses ``resilience.tls.server_context`` (Mozilla intermediate profile; prometheus-client's
-own HTTPS server does not meet it) and does each TLS handshake in the connection's own thread
-under a timeout, so a slow or hostile client never blocks the accept loop.
+own HTTPS server does not meet it) and does each TLS handshake in the connection's own thread,
+so a slow or hostile client never blocks the accept loop.
+
+Idle and slow clients cannot keep a scraper out. Each connection has a *deadline*: from accept
+(and again after each response on a kept-alive connection) it has ``REQUEST_DEADLINE`` seconds
+in all (TLS handshake included) to deliver a complete request, however it trickles the bytes;
+the accept loop drops it when that passes. And when all ``MAX_CONNECTIONS`` slots are taken, a
+new connection is admitted by dropping the one that has waited longest for its request (or
+whose response has been stuck longer than the deadline): a scraper, which sends its request
+at once, always gets a slot. Only when every slot is busy sending a response is a newcomer
+turned away.
 """
 
 from __future__ import annotations
@@ -14,19 +23,16 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from os import PathLike
-from socketserver import ThreadingMixIn
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import _metrics_multiproc
-from ._exporter import Hub
-from ._metrics_text import exposition
+from ._metrics_text import Scraper
 
 __all__ = ["MetricsServer", "start_metrics_server"]
 
@@ -34,19 +40,40 @@ _log = logging.getLogger("resilience.metrics")
 
 StrPath = str | PathLike[str]
 
-#: Seconds a client may take for the TLS handshake, then for each read of its request.
-HANDSHAKE_TIMEOUT = 10.0
-REQUEST_TIMEOUT = 30.0
-#: Connections served at once; more are closed at once (a scraper needs one or two).
+#: Seconds a client has, from accept or from the end of the previous response, to deliver a
+#: complete request (TLS handshake included). Tests lower a server's ``request_deadline``.
+REQUEST_DEADLINE = 5.0
+#: Seconds to send one response (a client that reads slower loses its connection).
+WRITE_TIMEOUT = 30.0
+#: Connections served at once (a scraper needs one or two; see the module doc for who goes).
 MAX_CONNECTIONS = 32
 
 _INDEX = b"resilience metrics exporter: Prometheus metrics are at /metrics\n"
 _NOT_FOUND = b"not found: Prometheus metrics are at /metrics\n"
 
 
+class _Conn:
+    """One accepted connection, as the admission and the deadline see it."""
+
+    __slots__ = ("dropped", "reading", "since", "sock")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock  # the TLS socket once wrapped
+        self.since = now  # start of the current phase
+        self.reading = True  # waiting for a request (else: sending a response)
+        self.dropped = False
+
+    def drop(self) -> None:
+        """End the connection from another thread; its own thread then sees EOF and ends.
+        (The plain socket's shutdown, so a TLS socket's state is not touched.)"""
+        self.dropped = True
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
-    timeout = REQUEST_TIMEOUT
+    timeout = None  # socket timeouts are set per phase by the server
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
     server_version = "resilience-metrics"
     sys_version = ""
@@ -58,6 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(head=True)
 
     def _respond(self, head: bool) -> None:
+        conn = self.server.current.conn
+        self.server.phase(conn, reading=False)
         url = urlsplit(self.path)
         status, headers = 200, [("Content-Type", "text/plain; charset=utf-8")]
         if url.path == "/metrics":
@@ -65,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body, headers = self.server.scrape(
                     self.headers.get("Accept", ""),
                     self.headers.get("Accept-Encoding", ""),
-                    parse_qs(url.query).get("name[]"),
+                    url.query,
                 )
             except Exception:
                 _log.exception("resilience metrics: scrape failed")
@@ -81,14 +110,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(body)
+        self.server.phase(conn, reading=True)  # the next request's deadline starts now
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
 
 
-class _HTTPServer(ThreadingMixIn, HTTPServer):
-    daemon_threads = True  # a stuck client never holds up interpreter exit
-    block_on_close = False
+class _HTTPServer(HTTPServer):
+    request_queue_size = 128  # listen backlog: a burst of connects waits for accept (5 drops SYNs)
 
     def __init__(
         self, addr: str, port: int, ssl_context: ssl.SSLContext | None,
@@ -97,74 +126,123 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
         infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         self.address_family = infos[0][0]
         self.ssl_context = ssl_context
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.open: set[socket.socket] = set()  # connections being served, ended by close()
-        self.open_lock = threading.Lock()
-        self.multiprocess = registry is REGISTRY and _metrics_multiproc.active()
-        if self.multiprocess:  # every process's files, not just this process's memory
-            self.registry = CollectorRegistry()
-            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
-            self.hub: Hub | None = None
-        else:
-            self.registry = registry
-            self.hub = Hub.of(registry)
+        self.request_deadline = REQUEST_DEADLINE
+        self.max_connections = MAX_CONNECTIONS
+        self.conns: dict[_Conn, None] = {}  # being served, oldest first
+        self.conns_lock = threading.Lock()
+        self.current = threading.local()  # .conn: the _Conn of this connection thread
+        self.accepted = self.dropped = 0  # connections so far; dropped at their deadline or
+        # to make way for a newcomer (also tests' way to know the accept loop caught up)
+        self.scrape = Scraper(registry)
         super().__init__((str(infos[0][4][0]), port), _Handler)
 
-    def scrape(
-        self, accept: str, accept_encoding: str, names: list[str] | None
-    ) -> tuple[bytes, list[tuple[str, str]]]:
-        if self.multiprocess:
-            _metrics_multiproc.flush()  # this process's newest values, at least
-        return exposition(self.registry, accept, accept_encoding, names, self.hub)
+    # -- admission and deadlines (the accept thread) ------------------------------------------
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the limit: shed, never queue threads
-            return
+        now = time.monotonic()
+        conn = _Conn(request, now)
+        with self.conns_lock:
+            self.accepted += 1
+            if len(self.conns) >= self.max_connections:
+                victim = self._victim(now)
+                if victim is None:  # every slot is sending a response: shed, never queue
+                    self.shutdown_request(request)
+                    return
+                del self.conns[victim]
+                victim.drop()
+                self.dropped += 1
+            self.conns[conn] = None
+        request.settimeout(self.request_deadline)  # a backstop: the deadline is enforced here
+        thread = threading.Thread(
+            target=self._run, args=(request, client_address, conn), daemon=True,
+            name=f"resilience-metrics-conn:{self.server_address[1]}",
+        )
         try:
-            super().process_request(request, client_address)
+            thread.start()
         except BaseException:
-            self.slots.release()
+            self._forget(conn)
+            self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _victim(self, now: float) -> _Conn | None:
+        """The connection to drop for a newcomer: the one that has waited longest for its
+        request, or whose response has been stuck longer than the deadline."""
+        stuck = now - self.request_deadline
+        return min(
+            (c for c in self.conns if c.reading or c.since <= stuck),
+            key=lambda c: c.since, default=None,
+        )
+
+    def service_actions(self) -> None:
+        """Between two accepts (at least every poll interval): drop connections past their
+        deadline without a complete request."""
+        now = time.monotonic()
+        with self.conns_lock:
+            late = [c for c in self.conns if c.reading and now - c.since >= self.request_deadline]
+            for c in late:
+                del self.conns[c]
+                c.drop()
+            self.dropped += len(late)
+
+    def phase(self, conn: _Conn, reading: bool) -> None:
+        """The connection's request is complete (``reading=False``) or answered (``True``)."""
+        with self.conns_lock:
+            conn.reading = reading
+            conn.since = time.monotonic()
+        with contextlib.suppress(OSError):
+            conn.sock.settimeout(self.request_deadline if reading else WRITE_TIMEOUT)
+
+    def _forget(self, conn: _Conn) -> None:
+        with self.conns_lock:
+            self.conns.pop(conn, None)
+
+    # -- one connection (its own thread) ------------------------------------------------------
+
+    def _run(self, request: socket.socket, client_address: Any, conn: _Conn) -> None:
+        self.current.conn = conn
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self.slots.release()
+            self._forget(conn)
+            self.shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is None:
-            self._serve(request, client_address)
-            return
-        request.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
-        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
-            _log.debug("resilience metrics: TLS handshake from %s failed: %s", client_address, exc)
+            super().finish_request(request, client_address)
             return
         try:
-            self._serve(tls, client_address)
+            tls = self.ssl_context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as exc:
+            _log.debug("resilience metrics: TLS setup for %s failed: %s", client_address, exc)
+            return
+        try:
+            conn: _Conn = self.current.conn
+            with self.conns_lock:
+                conn.sock = tls
+            if conn.dropped:  # dropped while the socket changed hands
+                return
+            try:
+                tls.do_handshake()  # bounded by the deadline, like the request
+            except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+                _log.debug("resilience metrics: TLS handshake from %s failed: %s",
+                           client_address, exc)
+                return
+            super().finish_request(tls, client_address)
         finally:
             with contextlib.suppress(OSError):
                 tls.close()
 
-    def _serve(self, conn: socket.socket, client_address: Any) -> None:
-        with self.open_lock:
-            self.open.add(conn)
-        try:
-            super().finish_request(conn, client_address)
-        finally:
-            with self.open_lock:
-                self.open.discard(conn)
-
     def end_connections(self) -> None:
         """End kept-alive connections too: a closed server answers nothing more."""
-        with self.open_lock:
-            conns = list(self.open)
+        with self.conns_lock:
+            conns = list(self.conns)
+            self.conns.clear()
         for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+            conn.drop()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         _log.debug("resilience metrics: connection from %s failed", client_address, exc_info=True)
@@ -238,6 +316,10 @@ def start_metrics_server(
     client certificates signed by that CA (mutual TLS). ``registry`` defaults to
     prometheus-client's default one; in multi-process mode (``PROMETHEUS_MULTIPROC_DIR``) the
     default serves every process's values through ``MultiProcessCollector``.
+
+    A client has 5 seconds (``REQUEST_DEADLINE``) from accept, and again after each response,
+    to send a complete request; idle and slow connections make way for new ones when all 32
+    slots are taken (see the module doc).
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")

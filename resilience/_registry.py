@@ -65,6 +65,7 @@ class Registry:
         # fallback alive, so an id is never reused while cached, and are checked by identity
         self._callers: dict[str, dict[int, tuple[Any, Any, _Caller]]] = {}
         self._decorated: dict[str, dict[str, Any]] = {}  # fields set by decorators, by name
+        self._checked: dict[int, Any] = {}  # run_sync fallbacks whose signature was checked
         self._lock = threading.Lock()
 
     # -- commands ------------------------------------------------------------------------------
@@ -170,7 +171,9 @@ class Registry:
             self._warn_conflicts(name, config)
         return CommandDecorator(self._core(name), fallback)
 
-    def _warn_conflicts(self, name: str, config: dict[str, Any]) -> None:
+    def _warn_conflicts(self, name: str, given: dict[str, Any]) -> None:
+        normal = CommandConfig().replace(**given)  # compare values as stored, not as spelled
+        config = {f: getattr(normal, f) for f in given}
         with self._lock:
             earlier = self._decorated.setdefault(name, {})
             clash = sorted(f for f, v in config.items() if f in earlier and earlier[f] != v)
@@ -259,8 +262,11 @@ class Registry:
             core = self._core(name)
         if not callable(fn):
             raise TypeError(f"command {core.name!r}: fn must be callable, got {fn!r}")
-        if fallback is not None and not callable(fallback):
-            raise TypeError(f"run_sync({core.name!r}): fallback must be callable or None")
+        if fallback is not None and fallback is not self._checked.get(id(fallback)):
+            check_fallback(fallback, f"run_sync({core.name!r})")
+            if len(self._checked) >= CALLERS_PER_NAME * 16:
+                self._checked.pop(next(iter(self._checked)), None)
+            self._checked[id(fallback)] = fallback  # kept alive: its id is not reused
         result: T = call_sync(core, fn, args, {}, fallback)
         return result
 

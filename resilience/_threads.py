@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from ._lock import TokenLock
+
 __all__ = ["ThreadPool"]
 
 _IDLE_SECONDS = 10.0
@@ -27,7 +29,7 @@ class ThreadPool:
         self._name = name
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
         self._queue = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = TokenLock()  # interrupt-safe (see TokenLock.run)
         self._idle = 0  # threads waiting for work that nobody has claimed yet
         self._started = 0
 
@@ -35,13 +37,7 @@ class ThreadPool:
         """Run ``fn(*args)`` in a worker thread, in a copy of the caller's context."""
         fut: Future[Any] = Future()
         ctx = contextvars.copy_context()
-        with self._lock:
-            spawn = self._idle == 0
-            if spawn:
-                self._started += 1
-                number = self._started
-            else:
-                self._idle -= 1
+        spawn, number = self._lock.run(self._claim)
         self._queue.put((fut, ctx.run, (fn, *args)))
         if spawn:
             threading.Thread(
@@ -49,16 +45,32 @@ class ThreadPool:
             ).start()
         return fut
 
+    def _claim(self) -> tuple[bool, int]:
+        """Claim an idle thread, or count one more to start (lock held)."""
+        if self._idle == 0:
+            self._started += 1
+            return True, self._started
+        self._idle -= 1
+        return False, 0
+
+    def _leave(self) -> bool:
+        """An idle thread may leave if nobody claimed it (lock held)."""
+        if self._idle > 0:
+            self._idle -= 1
+            return True
+        return False
+
+    def _idle_again(self) -> None:
+        self._idle += 1
+
     def _work(self) -> None:
         get = self._queue.get
         while True:
             try:
                 fut, fn, args = get(timeout=_IDLE_SECONDS)
             except queue.Empty:
-                with self._lock:
-                    if self._idle > 0:  # an unclaimed idle thread may leave
-                        self._idle -= 1
-                        return
+                if self._lock.run(self._leave):  # an unclaimed idle thread may leave
+                    return
                 continue  # a submitter claimed us: its job is on its way
             if fut.set_running_or_notify_cancel():
                 try:
@@ -68,5 +80,5 @@ class ThreadPool:
                 else:
                     fut.set_result(result)
             del fut, fn, args
-            with self._lock:
-                self._idle += 1
+            result = None  # nothing of the last job stays alive while idle
+            self._lock.run(self._idle_again)

@@ -1,4 +1,4 @@
-"""The exposition of DESIGN section 4: names, types, labels, help, values, cardinality, speed."""
+"""The exposition: names, types, labels, help, values, cardinality, speed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from resilience._metrics_text import exposition
 HELP = {
     "resilience_command_calls": "Calls to a command, by outcome.",
     "resilience_command_fallbacks": "Fallbacks run by a command, by outcome.",
+    "resilience_command_retries": "Retries of a command's calls, by outcome.",
     "resilience_command_duration_seconds":
         "Duration of executed command calls (short-circuited and rejected calls excluded).",
     "resilience_command_in_flight": "Executions of a command holding a concurrency slot.",
@@ -36,11 +37,13 @@ HELP = {
     "resilience_tls_connections_active": "TLS connections a server is serving.",
     "resilience_tls_certificate_expiry_timestamp_seconds":
         "Unix time at which the server's certificate expires.",
+    "resilience_rate_limit_decisions": "Decisions of a rate limiter, by outcome.",
 }
 # family -> (type, label names of its samples, without ``le``)
 SHAPE = {
     "resilience_command_calls": ("counter", {"command", "outcome"}),
     "resilience_command_fallbacks": ("counter", {"command", "outcome"}),
+    "resilience_command_retries": ("counter", {"command", "outcome"}),
     "resilience_command_duration_seconds": ("histogram", {"command"}),
     "resilience_command_in_flight": ("gauge", {"command"}),
     "resilience_circuit_state": ("gauge", {"command", "state"}),
@@ -53,14 +56,17 @@ SHAPE = {
     "resilience_tls_handshakes": ("counter", {"server", "outcome"}),
     "resilience_tls_connections_active": ("gauge", {"server"}),
     "resilience_tls_certificate_expiry_timestamp_seconds": ("gauge", {"server"}),
+    "resilience_rate_limit_decisions": ("counter", {"limiter", "outcome"}),
 }
 OUTCOMES = {
     "resilience_command_calls": {
         "success", "failure", "timeout", "rejected", "short_circuited", "ignored", "cancelled",
     },
     "resilience_command_fallbacks": {"success", "failure"},
+    "resilience_command_retries": {"retried", "exhausted", "budget_exhausted", "deadline"},
     "resilience_pool_jobs": {"success", "failure", "cancelled"},
     "resilience_tls_handshakes": {"success", "failure", "timeout"},
+    "resilience_rate_limit_decisions": {"allowed", "waited", "rejected"},
 }
 
 
@@ -94,7 +100,10 @@ async def populate(reg: CollectorRegistry) -> FakeServer:
     async with WorkerPool(workers=2, queue_size=4, name="jobs", metrics_registry=reg) as pool:
         assert await pool.run(ok) == "ok"
     server = FakeServer()
-    Hub.of(reg).tls_server("https").servers.add(server)
+    hub = Hub.of(reg)
+    hub.tls_server("https").servers.add(server)
+    hub.command("hello").retries[1] += 2  # what the retry loop will record
+    hub.limiter("github").decisions[2] += 3  # what the rate limiter will record
     return server
 
 
@@ -123,6 +132,12 @@ async def test_every_family_has_its_name_type_labels_and_help(
                  command="hello", outcome="success") == 1
     assert value(metrics_registry, "resilience_command_duration_seconds_count",
                  command="hello") == 3
+    assert value(metrics_registry, "resilience_command_retries_total",
+                 command="hello", outcome="exhausted") == 2
+    assert value(metrics_registry, "resilience_command_retries_total",
+                 command="hello", outcome="retried") == 0
+    assert value(metrics_registry, "resilience_rate_limit_decisions_total",
+                 limiter="github", outcome="rejected") == 3
     assert value(metrics_registry, "resilience_pool_jobs_total",
                  pool="jobs", outcome="success") == 1
     assert value(metrics_registry, "resilience_pool_queue_wait_seconds_count", pool="jobs") == 1
@@ -273,6 +288,8 @@ def test_fast_exposition_is_byte_identical_to_prometheus_client(
         t = hub.tls_server(name)
         t.handshakes[i % 3] += 1
         t.servers.add(server := FakeServer())
+        c.retries[i % 4] += 7
+        hub.limiter(name).decisions[i % 3] += 2
     expected = encode(metrics_registry)
     body, headers = exposition(metrics_registry, accept, "", None, hub)
     assert body == expected

@@ -84,7 +84,7 @@ def spawn(directory: Path, mode: str, calls: int, jobs: int) -> subprocess.Popen
 
 def aggregated(directory: Path) -> CollectorRegistry:
     reg = CollectorRegistry()
-    MultiProcessCollector(reg, path=str(directory))
+    MultiProcessCollector(reg, path=str(directory))  # type: ignore[no-untyped-call]
     return reg
 
 
@@ -110,7 +110,7 @@ def test_counters_and_histograms_add_up_across_processes(tmp_path: Path) -> None
     # gauges are live: their files stay until mark_process_dead, counters' files stay for good
     assert sample(reg, "resilience_circuit_state", command="work", state="closed") == 1
     for p in procs:
-        mark_process_dead(p.pid, str(tmp_path))
+        mark_process_dead(p.pid, str(tmp_path))  # type: ignore[no-untyped-call]
     reg = aggregated(tmp_path)
     assert sample(reg, "resilience_circuit_state", command="work", state="closed") is None
     assert sample(reg, calls, command="work", outcome="success") == 15  # counters stay
@@ -153,3 +153,78 @@ def test_a_forked_child_does_not_count_its_parents_totals(tmp_path: Path) -> Non
     assert sample(reg, calls, command="work", outcome="failure") == 2
     assert sample(reg, "resilience_pool_jobs_total", pool="jobs", outcome="success") == 4
     assert sample(reg, "resilience_command_duration_seconds_count", command="work") == 12
+
+
+EVERY_KIND = textwrap.dedent("""
+    import sys
+    from resilience._exporter import Hub
+    from resilience import metrics
+
+    class Circuit:  # what a live circuit shows the series
+        state_index, in_flight = 1, 2
+        def error_ratio(self):
+            return 0.25
+
+    class Server:
+        connections_active, certificate_expiry_timestamp = 3, 1_900_000_000.0 + int(sys.argv[1])
+
+    hub = Hub.of()
+    c = hub.command("work")
+    c.calls[0] += 4  # successes are counted as they are
+    c.calls[1] += 1
+    c.retries[:] = [5, 1, 2, 3]
+    c.fallbacks[0] += 1
+    c.duration.observe(0.02)
+    c.circuits.add(circuit := Circuit())
+    p = hub.pool("jobs")
+    p.job_duration.pending.append(0.3)  # a success, as workers record it
+    p.queue_wait.pending.append(0.001)
+    hub.tls_server("api").servers.add(server := Server())
+    hub.limiter("github").decisions[:] = [7, 1, 2]
+    metrics.flush_multiprocess()
+    print("flushed", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_every_schema_row_reaches_the_files_with_its_mode(tmp_path: Path) -> None:
+    """Straight on the series (no command core involved): each row, each gauge mode."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", EVERY_KIND, str(i)], env=env(tmp_path),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "flushed"
+        reg = aggregated(tmp_path)
+    finally:
+        for p in procs:
+            p.communicate(timeout=60)
+    assert all(p.returncode == 0 for p in procs)
+    calls = "resilience_command_calls_total"
+    assert sample(reg, calls, command="work", outcome="success") == 8
+    assert sample(reg, calls, command="work", outcome="failure") == 2
+    retries = "resilience_command_retries_total"
+    assert {o: sample(reg, retries, command="work", outcome=o)
+            for o in ("retried", "exhausted", "budget_exhausted", "deadline")} == {
+        "retried": 10, "exhausted": 2, "budget_exhausted": 4, "deadline": 6}
+    decisions = "resilience_rate_limit_decisions_total"
+    assert sample(reg, decisions, limiter="github", outcome="allowed") == 14
+    assert sample(reg, "resilience_command_duration_seconds_count", command="work") == 2
+    assert sample(reg, "resilience_command_duration_seconds_bucket",
+                  command="work", le="0.025") == 2
+    assert sample(reg, "resilience_pool_jobs_total", pool="jobs", outcome="success") == 2
+    assert sample(reg, "resilience_pool_queue_wait_seconds_bucket", pool="jobs", le="0.005") == 2
+    # gauges by their schema mode: livesum, livemax, livemin
+    assert sample(reg, "resilience_command_in_flight", command="work") == 4
+    assert sample(reg, "resilience_tls_connections_active", server="api") == 6
+    assert sample(reg, "resilience_circuit_state", command="work", state="open") == 1
+    assert sample(reg, "resilience_circuit_state", command="work", state="closed") == 0
+    assert sample(reg, "resilience_circuit_error_ratio", command="work") == 0.25
+    assert sample(reg, "resilience_tls_certificate_expiry_timestamp_seconds",
+                  server="api") == 1_900_000_000.0
+    families = {m.name for m in reg.collect()}
+    from resilience._metrics_schema import SCHEMA
+
+    assert families == {row.family for row in SCHEMA}
