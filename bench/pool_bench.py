@@ -3,9 +3,11 @@
 Throughput of trivial ``async def`` jobs at 16 workers on asyncio and trio, beside the usual
 ways of doing the same by hand; peak memory of ``map`` over a long input (measured in a fresh
 subprocess as the RSS high-water mark above the baseline); and 1 ms sleeping jobs at 100
-workers against raw anyio memory streams with a ``*_nowait`` fast path. Each figure is the
-median of repeated runs whose order is interleaved, so noise from a shared machine spreads
-over all cases. The raw-stream peers only run the jobs; the pool also returns every result.
+workers against raw anyio memory streams with a ``*_nowait`` fast path; and ``map`` of
+plain-def jobs (pure-Python CPU work, and 1 ms ``time.sleep``) at 8 workers against
+``concurrent.futures.ThreadPoolExecutor.map`` with 8 threads. Each figure is the median of
+repeated runs whose order is interleaved, so noise from a shared machine spreads over all
+cases. The raw-stream peers only run the jobs; the pool also returns every result.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import anyio
@@ -31,6 +34,10 @@ N_FULL, N_QUICK = 100_000, 20_000
 MEM_FULL, MEM_QUICK = 1_000_000, 200_000
 WORKERS = 16
 SLEEP_WORKERS = 100
+THREADS = 8
+SYNC_CPU_FULL, SYNC_CPU_QUICK = 20_000, 4_000
+SYNC_SLEEP_FULL, SYNC_SLEEP_QUICK = 4_000, 1_000
+SPIN = 2_000  # iterations of a pure-Python loop: ~70 us of CPU per job (holding the GIL)
 
 Case = Callable[[int], Awaitable[None]]
 
@@ -49,10 +56,33 @@ async def nap(x: int) -> int:
     return x
 
 
+def spin(x: int) -> int:
+    total = 0
+    for i in range(SPIN):
+        total += i
+    return x
+
+
+def doze(x: int) -> int:
+    time.sleep(0.001)
+    return x
+
+
 # -- the pool --------------------------------------------------------------------------------
 
 
 def pool_map(job: Callable[[int], Awaitable[int]], workers: int) -> Case:
+    async def run(n: int) -> None:
+        async with WorkerPool(workers, 100, "bench", metrics_registry=CollectorRegistry()) as p:
+            count = 0
+            async for _ in p.map(job, range(n)):
+                count += 1
+        assert count == n
+
+    return run
+
+
+def pool_map_sync(job: Callable[[int], int], workers: int) -> Case:
     async def run(n: int) -> None:
         async with WorkerPool(workers, 100, "bench", metrics_registry=CollectorRegistry()) as p:
             count = 0
@@ -158,6 +188,15 @@ def streams_nowait(job: Callable[[int], Awaitable[int]], workers: int) -> Case:
     return run
 
 
+def executor_map(job: Callable[[int], int], threads: int) -> Case:
+    async def run(n: int) -> None:  # blocks the event loop, which has nothing else to do
+        with ThreadPoolExecutor(threads) as executor:
+            count = sum(1 for _ in executor.map(job, range(n)))
+        assert count == n
+
+    return run
+
+
 # -- harness ---------------------------------------------------------------------------------
 
 
@@ -181,7 +220,9 @@ async def measure(cases: dict[str, Case], n: int, repeats: int) -> dict[str, Rat
     }
 
 
-def run_backend(backend: str, n: int, n_sleep: int, repeats: int) -> dict[str, Rates]:
+def run_backend(
+    backend: str, n: int, n_sleep: int, n_sync: tuple[int, int], repeats: int
+) -> dict[str, Rates]:
     cases: dict[str, Case] = {
         "pool.map": pool_map(trivial, WORKERS),
         "pool.submit all, await each handle": pool_submit_all,
@@ -198,9 +239,20 @@ def run_backend(backend: str, n: int, n_sleep: int, repeats: int) -> dict[str, R
         "sleep 1ms: streams *_nowait": streams_nowait(nap, SLEEP_WORKERS),
     }
 
+    cpu_jobs: dict[str, Case] = {
+        "def, cpu: pool.map": pool_map_sync(spin, THREADS),
+        "def, cpu: ThreadPoolExecutor.map": executor_map(spin, THREADS),
+    }
+    sleeping_jobs: dict[str, Case] = {
+        "def, sleep 1ms: pool.map": pool_map_sync(doze, THREADS),
+        "def, sleep 1ms: ThreadPoolExecutor.map": executor_map(doze, THREADS),
+    }
+
     async def main() -> dict[str, Rates]:
         out = await measure(cases, n, repeats)
         out.update(await measure(sleepers, n_sleep, repeats))
+        out.update(await measure(cpu_jobs, n_sync[0], repeats))
+        out.update(await measure(sleeping_jobs, n_sync[1], repeats))
         return out
 
     return anyio.run(main, backend=backend)
@@ -248,13 +300,16 @@ def main() -> None:
     n = N_QUICK if args.quick else N_FULL
     n_sleep = N_QUICK if args.quick else N_FULL
     items = MEM_QUICK if args.quick else MEM_FULL
+    n_sync = (SYNC_CPU_QUICK, SYNC_SLEEP_QUICK) if args.quick else (SYNC_CPU_FULL, SYNC_SLEEP_FULL)
     repeats = 3 if args.quick else 5
     print(f"worker pool: {n:,} trivial jobs at {WORKERS} workers, median of {repeats} runs")
     print("jobs/s of elapsed time (and of this process's CPU time, less sensitive to other")
-    print("load on a shared machine); 'sleep 1ms' rows: 1 ms jobs at 100 workers")
+    print("load on a shared machine); 'sleep 1ms' rows: 1 ms jobs at 100 workers; 'def' rows:")
+    print(f"{n_sync[0]:,} plain-def CPU jobs (~70 us each) and {n_sync[1]:,} plain-def 1 ms")
+    print(f"time.sleep jobs at {THREADS} workers, beside ThreadPoolExecutor.map({THREADS} threads)")
     results: dict[str, dict[str, Rates]] = {}
     for b in ("asyncio", "trio"):
-        results[b] = run_backend(b, n, n_sleep, repeats)
+        results[b] = run_backend(b, n, n_sleep, n_sync, repeats)
     names = list(results["asyncio"])
     width = max(len(x) for x in names) + 2
     print(f"{'case':<{width}}{'asyncio':>10}{'(cpu)':>11}{'trio':>10}{'(cpu)':>11}")
@@ -280,15 +335,27 @@ def main() -> None:
             f"*_nowait ({nap_pool.wall / (SLEEP_WORKERS * 1000):.0%} of ideal, streams "
             f"{nap_raw.wall / (SLEEP_WORKERS * 1000):.0%})"
         )
+        for kind in ("cpu", "sleep 1ms"):
+            ours, theirs = r[f"def, {kind}: pool.map"], r[f"def, {kind}: ThreadPoolExecutor.map"]
+            print(
+                f"{b}: plain-def {kind} jobs: pool.map = {ours.wall / theirs.wall:.2f}x "
+                f"ThreadPoolExecutor.map (cpu {ours.cpu / theirs.cpu:.2f}x)"
+            )
     peaks = {b: memory_peak(b, items) for b in ("asyncio", "trio")}
     for b, peak in peaks.items():
         print(f"{b}: peak memory of map over {items:,} items: {peak:.1f} MiB above baseline (RSS)")
     print()
-    print("targets (issue 3):")
+    print("targets:")
     for b, map_target in (("asyncio", 300_000), ("trio", 250_000)):
         r = results[b]
         sleep_ratio = r["sleep 1ms: pool.map"].wall / r["sleep 1ms: streams *_nowait"].wall
+        map_ratio = r["pool.map"].wall / r["anyio streams, *_nowait fast path"].wall
+        cpu_ratio = r["def, cpu: pool.map"].wall / r["def, cpu: ThreadPoolExecutor.map"].wall
+        doze_ratio = (
+            r["def, sleep 1ms: pool.map"].wall / r["def, sleep 1ms: ThreadPoolExecutor.map"].wall
+        )
         checks = [
+            ("pool.map >= 0.9x streams *_nowait", map_ratio >= 0.9, f"{map_ratio:.2f}x"),
             (f"pool.map >= {map_target:,} jobs/s", r["pool.map"].wall >= map_target,
              f"{r['pool.map'].wall:,.0f}"),
             ("submit + await each handle >= 100,000 jobs/s",
@@ -297,9 +364,13 @@ def main() -> None:
             (f"map over {items:,} items < 20 MiB", peaks[b] < 20, f"{peaks[b]:.1f} MiB"),
             ("sleep 1ms: pool.map >= 0.9x streams *_nowait", sleep_ratio >= 0.9,
              f"{sleep_ratio:.2f}x"),
+            ("def, cpu: pool.map >= 0.9x ThreadPoolExecutor.map", cpu_ratio >= 0.9,
+             f"{cpu_ratio:.2f}x"),
+            ("def, sleep 1ms: pool.map >= 0.9x ThreadPoolExecutor", doze_ratio >= 0.9,
+             f"{doze_ratio:.2f}x"),
         ]
         for label, ok, value in checks:
-            print(f"  {'PASS' if ok else 'MISS'}  {b:<8}{label:<48}{value:>12}")
+            print(f"  {'PASS' if ok else 'MISS'}  {b:<8}{label:<52}{value:>12}")
 
 
 if __name__ == "__main__":

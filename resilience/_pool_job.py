@@ -2,7 +2,9 @@
 
 A handle is a small slotted object that travels through the pool's queue itself: it holds
 the function, its arguments, and later its outcome. Nothing is allocated for waking a waiter
-unless somebody actually waits for a job that is not finished yet.
+unless somebody actually waits for a job that is not finished yet. Its attributes without a
+leading underscore are the scheduler's bookkeeping (the scheduler lives in another module);
+users only rely on the methods.
 """
 
 from __future__ import annotations
@@ -10,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from ._backend import Waiter
 from ._errors import PoolClosedError
 
-if TYPE_CHECKING:
-    from ._backend import Waiter
-    from ._pool import WorkerPool
-
-__all__ = ["JobHandle", "PoolStatistics"]
+__all__ = ["CANCELLED", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED", "JobHandle", "JobOwner",
+           "PoolStatistics"]
 
 T = TypeVar("T")
 
@@ -26,6 +26,20 @@ T = TypeVar("T")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = range(5)
 _STATE_NAMES = ("queued", "running", "succeeded", "failed", "cancelled")
 
+
+class JobOwner(Protocol):
+    """What a handle needs from the scheduler that runs it."""
+
+    name: str
+    fatal: BaseException | None
+    unretrieved: set[JobHandle[Any]]
+    new_waiter: Callable[[], Waiter]
+
+    def unqueue(self, job: JobHandle[Any]) -> bool: ...
+
+    def cancel_running(self, job: JobHandle[Any]) -> None: ...
+
+    def count_cancelled(self) -> None: ...
 
 
 class JobHandle(Generic[T]):
@@ -38,66 +52,72 @@ class JobHandle(Generic[T]):
 
     __slots__ = (
         "__weakref__",
-        "_args",
-        "_callback",
-        "_fn",
-        "_is_async",
-        "_owner",
-        "_pool",
-        "_result",
-        "_state",
-        "_waiters",
+        "args",
+        "doomed",
         "enqueued",
+        "fn",
+        "is_async",
+        "on_done",
+        "owner",
+        "sched",
+        "state",
+        "value",
+        "waiters",
     )
 
     def __init__(
         self,
-        pool: WorkerPool,
+        sched: JobOwner,
         fn: Callable[..., Any],
         args: tuple[Any, ...] | list[Any],
         is_async: bool,
         owner: object = None,
-        callback: Callable[[JobHandle[Any]], None] | None = None,
+        on_done: Callable[[JobHandle[Any]], None] | None = None,
     ) -> None:
-        self._pool = pool
-        self._fn = fn
-        self._args: Any = args  # a tuple, or the one-item list a map job reuses
-        self._is_async = is_async
-        self._owner = owner  # the map that made it, if any
-        self._callback = callback  # told when it finishes (an unordered map)
-        self._state = QUEUED
-        self._result: Any = None  # the value, or the exception once FAILED
-        self._waiters: list[Waiter] | None = None  # one per task awaiting the handle
+        self.sched = sched
+        self.fn = fn
+        self.args: Any = args  # a tuple, or the one-item list a map job reuses
+        self.is_async = is_async
+        self.owner = owner  # the map that made it, if any
+        self.on_done = on_done  # told when it finishes (an unordered map)
+        self.state = QUEUED
+        self.value: Any = None  # the return value, or the exception once FAILED
+        self.waiters: list[Waiter] | None = None  # one per task awaiting the handle
+        self.doomed = False  # cancelled while running in a thread: its outcome is dropped
         self.enqueued = perf_counter()  # when it entered the queue (queue-wait metric)
 
     def __repr__(self) -> str:
-        name = getattr(self._fn, "__qualname__", None) or repr(self._fn)
-        return f"<JobHandle {name} of pool {self._pool.name!r}: {_STATE_NAMES[self._state]}>"
+        return (
+            f"<JobHandle {self.name()} of pool {self.sched.name!r}: "
+            f"{_STATE_NAMES[self.state]}>"
+        )
+
+    def name(self) -> str:
+        """The job function's qualified name (for logs and errors)."""
+        return getattr(self.fn, "__qualname__", None) or repr(self.fn)
 
     def done(self) -> bool:
         """True once the job has finished: succeeded, failed, dropped or cancelled."""
-        return self._state >= SUCCEEDED
+        return self.state >= SUCCEEDED
 
     def cancelled(self) -> bool:
         """True if the job was cancelled or dropped before finishing."""
-        return self._state == CANCELLED
+        return self.state == CANCELLED
 
     def cancel(self) -> bool:
         """Cancel the job: a queued job is dropped, a running one is cancelled.
 
         Returns False if the job had already finished. A running job that finishes before
-        it reaches a checkpoint keeps its outcome.
+        it reaches a checkpoint keeps its outcome; a plain-def job cannot be interrupted, so
+        its thread runs it to the end and its outcome is dropped.
         """
-        state = self._state
+        state = self.state
         if state == QUEUED:
             # held by a blocked submitter or a map's backlog: never submitted, not counted
-            self._finish_cancelled(counted=self._pool._unqueue(self))
+            self.finish_cancelled(counted=self.sched.unqueue(self))
             return True
         if state == RUNNING:
-            for worker in self._pool._workers:  # rare: no back-reference kept per job
-                if worker.job is self:
-                    worker.cancel_job(self)
-                    break
+            self.sched.cancel_running(self)
             return True
         return False
 
@@ -105,57 +125,63 @@ class JobHandle(Generic[T]):
         return self._wait().__await__()
 
     async def _wait(self) -> T:
-        if self._state < SUCCEEDED:
-            waiter = self._pool._new_waiter()
-            if self._waiters is None:
-                self._waiters = [waiter]
+        if self.state < SUCCEEDED:
+            waiter = self.sched.new_waiter()
+            if self.waiters is None:
+                self.waiters = [waiter]
             else:
-                self._waiters.append(waiter)
+                self.waiters.append(waiter)
             try:
                 await waiter.wait()
+            except BaseException:
+                fatal = self.sched.fatal
+                if fatal is not None and self.state == FAILED and self.value is fatal:
+                    # this job's KeyboardInterrupt (or other BaseException) aborted the pool,
+                    # which cancels us: the awaiter gets the job's own exception object
+                    self.sched.unretrieved.discard(self)
+                    raise fatal from None
+                raise
             finally:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        return self._outcome()
+                if self.waiters is not None and waiter in self.waiters:
+                    self.waiters.remove(waiter)
+        return self.outcome()
 
-    def _outcome(self) -> T:
+    def outcome(self) -> T:
         """The value, or raise the job's exception (marking it as retrieved)."""
-        state = self._state
+        state = self.state
         if state == SUCCEEDED:
-            return self._result  # type: ignore[no-any-return]
+            return self.value  # type: ignore[no-any-return]
         if state == FAILED:
-            self._pool._unretrieved.discard(self)
-            raise self._result
+            self.sched.unretrieved.discard(self)
+            raise self.value
         if state == CANCELLED:
             raise PoolClosedError(
-                f"job {self._name()} of pool {self._pool.name!r} was cancelled or dropped "
+                f"job {self.name()} of pool {self.sched.name!r} was cancelled or dropped "
                 "before it finished",
-                pool=self._pool.name,
+                pool=self.sched.name,
             )
-        raise RuntimeError(f"job {self._name()} has not finished")  # pragma: no cover
+        raise RuntimeError(f"job {self.name()} has not finished")  # pragma: no cover
 
-    def _name(self) -> str:
-        return getattr(self._fn, "__qualname__", None) or repr(self._fn)
+    # -- called by the scheduler ---------------------------------------------------------------
 
-    # -- called by the pool --------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiters = self._waiters
+    def wake(self) -> None:
+        """Tell whoever waits: the tasks awaiting the handle, then the unordered map."""
+        waiters = self.waiters
         if waiters is not None:
-            self._waiters = None
+            self.waiters = None
             for waiter in waiters:
                 waiter.set()
-        callback = self._callback
-        if callback is not None:
-            callback(self)
+        on_done = self.on_done
+        if on_done is not None:
+            on_done(self)
 
-    def _finish_cancelled(self, counted: bool = True) -> None:
+    def finish_cancelled(self, counted: bool = True) -> None:
         """Drop or cancel the job (counted as ``cancelled`` in the pool's metrics)."""
-        self._state = CANCELLED
-        self._args = ()  # free the arguments early (the function stays, for repr and logs)
+        self.state = CANCELLED
+        self.args = ()  # free the arguments early (the function stays, for repr and logs)
         if counted:
-            self._pool._count_cancelled()
-        self._wake()
+            self.sched.count_cancelled()
+        self.wake()
 
 
 @dataclass(frozen=True)

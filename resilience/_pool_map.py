@@ -15,20 +15,17 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from inspect import iscoroutinefunction
 from itertools import islice
-from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
+from ._backend import Waiter
 from ._errors import PoolClosedError
 from ._pool_job import QUEUED, SUCCEEDED, JobHandle
+from ._pool_scheduler import Scheduler
 
-if TYPE_CHECKING:
-    from ._backend import Waiter
-    from ._pool import WorkerPool
-
-__all__ = ["MapIterator"]
+__all__ = ["MapFeed", "MapIterator"]
 
 A = TypeVar("A")
 T = TypeVar("T")
@@ -42,31 +39,135 @@ class MapIterator(Generic[A, T]):
     """Async iterator returned by :meth:`WorkerPool.map`; close it with ``aclose()``.
 
     Also an async context manager (``async with pool.map(...) as results``) that closes it.
+    Once nothing references it any more, its map stops as if closed.
     """
+
+    __slots__ = ("__weakref__", "_feed")
 
     def __init__(
         self,
-        pool: WorkerPool,
+        sched: Scheduler,
+        fn: Callable[[A], Any],
+        iterable: Iterable[A] | AsyncIterable[A],
+        ordered: bool,
+    ) -> None:
+        # the pool, its feeder task and the jobs reference the feed, never this object: when
+        # the consumer lets go of it, __del__ stops the feed
+        self._feed: MapFeed[A, T] = MapFeed(sched, fn, iterable, ordered)
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        feed = self._feed
+        if not feed._running:
+            if feed._finished:
+                raise StopAsyncIteration
+            feed._start()
+        results = feed._results
+        while True:
+            if results:
+                job = results[0]
+                state = job.state
+                if state >= SUCCEEDED:
+                    results.popleft()
+                    feed._outstanding -= 1
+                    if feed._feeder is not None and feed._outstanding <= feed._refill_at:
+                        feed._wake_feeder()
+                    if state == SUCCEEDED:
+                        value: T = job.value
+                        job.value = None
+                        feed._spare.append(job)
+                        return value
+                    feed.stop()
+                    failed: T = job.outcome()  # raises the job's exception
+                    return failed
+            elif not feed._feeding and not feed._outstanding:
+                feed.stop()
+                if feed._error is not None:
+                    raise feed._error
+                if not feed._exhausted:
+                    raise PoolClosedError(
+                        f"pool {feed._sched.name!r} closed before map() finished",
+                        pool=feed._sched.name,
+                    )
+                raise StopAsyncIteration
+            if feed._consumer is not None:
+                raise RuntimeError(
+                    f"pool {feed._sched.name!r}: another task is already waiting on this map()"
+                )
+            event = feed._consumer = feed._sched.new_waiter()
+            # ordered: wait on the head job itself, so the workers finishing the other jobs
+            # have nobody to tell; with no job yet, the feeder wakes us when it submits one
+            head = results[0] if results and feed._ordered else None
+            if head is not None:
+                if head.waiters is None:
+                    head.waiters = [event]
+                else:
+                    head.waiters.append(event)
+            try:
+                await event.wait()
+            finally:
+                feed._consumer = None
+                if head is not None and head.waiters is not None:
+                    if event in head.waiters:
+                        head.waiters.remove(event)
+                    if not head.waiters:
+                        head.waiters = None
+
+    async def __aenter__(self) -> MapIterator[A, T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._feed.stop()
+
+    async def aclose(self) -> None:
+        """Stop reading input and cancel this map's jobs that were not consumed."""
+        self._feed.stop()
+
+    def __del__(self) -> None:
+        feed = getattr(self, "_feed", None)
+        if feed is not None and not feed._finished:  # same module: MapFeed is ours
+            feed.abandon()
+
+
+class MapFeed(Generic[A, T]):
+    """The state of one map: what the pool, the feeder task and the jobs refer to."""
+
+    __slots__ = (
+        "_consumer", "_error", "_exhausted", "_feed_scope", "_feeder", "_feeding", "_finished",
+        "_fn", "_is_async", "_iterable", "_live", "_ordered", "_outstanding", "_refill_at",
+        "_results", "_running", "_sched", "_spare", "_window",
+    )
+
+    def __init__(
+        self,
+        sched: Scheduler,
         fn: Callable[[A], Any],
         iterable: Iterable[A] | AsyncIterable[A],
         ordered: bool,
     ) -> None:
         if not callable(fn):
-            raise TypeError(f"pool {pool.name!r}: map() needs a callable, got {fn!r}")
+            raise TypeError(f"pool {sched.name!r}: map() needs a callable, got {fn!r}")
         if not isinstance(iterable, Iterable | AsyncIterable):
             raise TypeError(
-                f"pool {pool.name!r}: map() needs an iterable or async iterable, "
+                f"pool {sched.name!r}: map() needs an iterable or async iterable, "
                 f"got {type(iterable).__name__}"
             )
-        self._pool = pool
+        self._sched = sched
         self._fn = fn
         self._is_async = iscoroutinefunction(fn)
         self._iterable: Iterable[A] | AsyncIterable[A] | None = iterable
         self._ordered = ordered
-        self._window = 2 * (pool.workers + pool.queue_size)
+        self._window = 2 * (sched.workers + sched.queue_size)
         # wake a feeder waiting for window room once it can read a batch (half a queue): one
         # task switch per batch; what it reads goes to the pool's backlog if the queue is full
-        self._refill_at = self._window - max(1, pool.queue_size // 2)
+        self._refill_at = self._window - max(1, sched.queue_size // 2)
         # ordered: submitted jobs in input order; unordered: finished jobs in finish order
         self._results: deque[JobHandle[Any]] = deque()
         self._live: set[JobHandle[Any]] = set()  # unordered: submitted, not finished
@@ -84,100 +185,36 @@ class MapIterator(Generic[A, T]):
         # keeps the cyclic GC from running every few hundred jobs
         self._spare: list[JobHandle[Any]] = []
 
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __aenter__(self) -> MapIterator[A, T]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop reading input and cancel this map's jobs that were not consumed."""
-        self._stop()
-
-    async def __anext__(self) -> T:
-        if not self._running:
-            if self._finished:
-                raise StopAsyncIteration
-            self._start()
-        results = self._results
-        while True:
-            if results:
-                job = results[0]
-                state = job._state
-                if state >= SUCCEEDED:
-                    results.popleft()
-                    self._outstanding -= 1
-                    if self._feeder is not None and self._outstanding <= self._refill_at:
-                        self._wake_feeder()
-                    if state == SUCCEEDED:
-                        value: T = job._result
-                        job._result = None
-                        self._spare.append(job)
-                        return value
-                    self._stop()
-                    failed: T = job._outcome()  # raises the job's exception
-                    return failed
-            elif not self._feeding and not self._outstanding:
-                self._stop()
-                if self._error is not None:
-                    raise self._error
-                if not self._exhausted:
-                    raise PoolClosedError(
-                        f"pool {self._pool.name!r} closed before map() finished",
-                        pool=self._pool.name,
-                    )
-                raise StopAsyncIteration
-            if self._consumer is not None:
-                raise RuntimeError(
-                    f"pool {self._pool.name!r}: another task is already waiting on this map()"
-                )
-            event = self._consumer = self._pool._new_waiter()
-            # ordered: wait on the head job itself, so the workers finishing the other jobs
-            # have nobody to tell; with no job yet, the feeder wakes us when it submits one
-            head = results[0] if results and self._ordered else None
-            if head is not None:
-                if head._waiters is None:
-                    head._waiters = [event]
-                else:
-                    head._waiters.append(event)
-            try:
-                await event.wait()
-            finally:
-                self._consumer = None
-                if head is not None and head._waiters is not None:
-                    if event in head._waiters:
-                        head._waiters.remove(event)
-                    if not head._waiters:
-                        head._waiters = None
-
     # -- internals -----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        pool = self._pool
+        sched = self._sched
         try:
-            tg = pool._check_open()
+            tg = sched.check_open()
         except BaseException:
             self._finished = True
             raise
         self._running = self._feeding = True
-        pool._maps.add(self)
-        tg.start_soon(self._feed, name=f"resilience pool {pool.name!r} map feeder")
+        sched.maps.add(self)
+        tg.start_soon(self._feed, name=f"resilience pool {sched.name!r} map feeder")
 
-    def _stop(self) -> None:
+    def abandon(self) -> None:
+        """The iterator was collected: stop soon, from the event loop's thread.
+
+        Called from a finalizer, which may run in any thread and between any two bytecodes
+        of the pool's own code: the stop itself is left to the loop.
+        """
+        call = self._sched.call_soon
+        if call is not None:
+            call(self.stop)
+
+    def stop(self) -> None:
         """Consumer side is done: stop the feeder, cancel every job not consumed."""
         if self._finished:
             return
         self._finished = True
         self._running = False
-        self._pool._maps.discard(self)
+        self._sched.maps.discard(self)
         if self._feed_scope is not None:
             self._feed_scope.cancel()
         pending = list(self._results) if self._ordered else list(self._live)
@@ -188,11 +225,11 @@ class MapIterator(Generic[A, T]):
         for job in pending:
             job.cancel()
 
-    def _pool_closed(self) -> None:
+    def pool_closed(self) -> None:
         """The pool is closing: whoever iterates gets :class:`PoolClosedError` next."""
         if self._error is None:
             self._error = PoolClosedError(
-                f"pool {self._pool.name!r} closed before map() finished", pool=self._pool.name
+                f"pool {self._sched.name!r} closed before map() finished", pool=self._sched.name
             )
         if self._feed_scope is not None:
             self._feed_scope.cancel()
@@ -204,15 +241,15 @@ class MapIterator(Generic[A, T]):
 
     def _drop_backlog(self) -> None:
         """Take this map's jobs out of the pool's backlog in one pass (never submitted)."""
-        backlog = self._pool._backlog
-        if not any(job._owner is self for job in backlog):
+        backlog = self._sched.backlog
+        if not any(job.owner is self for job in backlog):
             return
-        mine = [job for job in backlog if job._owner is self]
-        keep = [job for job in backlog if job._owner is not self]
+        mine = [job for job in backlog if job.owner is self]
+        keep = [job for job in backlog if job.owner is not self]
         backlog.clear()  # in place: the workers hold a reference to it
         backlog.extend(keep)
         for job in mine:
-            job._finish_cancelled(counted=False)
+            job.finish_cancelled(counted=False)
 
     def _wake_feeder(self) -> None:
         feeder = self._feeder
@@ -266,51 +303,48 @@ class MapIterator(Generic[A, T]):
 
     async def _wait_room(self) -> int:
         """Wait for room in the window and return how much; the consumer wakes us."""
-        pool = self._pool
+        sched = self._sched
         while True:
             if self._finished:  # stopped while we were runnable: cancellation may lag
                 raise _Stopped
-            if pool._closed:
-                raise PoolClosedError(f"pool {pool.name!r} is closed", pool=pool.name)
+            if sched.closed:
+                raise PoolClosedError(f"pool {sched.name!r} is closed", pool=sched.name)
             room = self._window - self._outstanding
             if room > 0:
                 return room
-            event = self._feeder = pool._new_waiter()
+            event = self._feeder = sched.new_waiter()
             await event.wait()
 
     def _push(self, items: Iterable[A]) -> int:
         """Submit one job per item (the window has room for them all); how many there were.
 
-        A job goes to an idle worker, into the queue, or (queue full) to the pool's backlog,
-        which the workers drain into the queue: the feeder only ever waits for window room.
-        Nothing here awaits, so nothing else runs while a batch is pushed.
+        The scheduler hands them to idle workers, queues them, or (queue full) puts them in
+        the backlog, which the workers drain into the queue: the feeder only ever waits for
+        window room. Nothing here awaits, so nothing else runs while a batch is pushed.
         """
-        pool = self._pool
-        put, backlog = pool._put_nowait, pool._backlog
+        sched = self._sched
         spare, fn, is_async = self._spare, self._fn, self._is_async
         if self._ordered:
             record, callback = self._results.append, None
         else:
             record, callback = self._live.add, self._job_done
-        n = 0
+        jobs: list[JobHandle[Any]] = []
+        add = jobs.append
         try:
             for item in items:
                 if spare:  # reuse a consumed handle (see __init__)
                     job = spare.pop()
-                    job._args[0] = item  # a one-item list: the worker's fn(*args) copies it
-                    job._state = QUEUED
+                    job.args[0] = item  # a one-item list: the worker's fn(*args) copies it
+                    job.state = QUEUED
                 else:
-                    job = JobHandle(pool, fn, [item], is_async, self, callback)
+                    job = JobHandle(sched, fn, [item], is_async, self, callback)
                 record(job)  # before it can finish
-                n += 1
-                if backlog:  # behind earlier jobs; stamped when admitted into the queue
-                    backlog.append(job)
-                else:
-                    job.enqueued = perf_counter()
-                    if not put(job):  # no idle worker and no room in the queue
-                        backlog.append(job)
-        finally:  # also when the input raises: the jobs pushed so far are in flight
+                add(job)
+        finally:  # also when the input raises: the jobs read so far are in flight
+            n = len(jobs)
             self._outstanding += n
-            if n and self._consumer is not None and self._ordered and len(self._results) == n:
-                self._wake_consumer()  # it waits with no job to wait on: now there is one
+            if n:
+                sched.put_batch(jobs)
+                if self._consumer is not None and self._ordered and len(self._results) == n:
+                    self._wake_consumer()  # it waits with no job to wait on: now there is one
         return n

@@ -143,11 +143,12 @@ async def test_thousands_of_mixed_calls_add_up(
     fb = sample(metrics_registry, "resilience_command_fallbacks_total", command=NAME,
                 outcome="success")
     assert fb == fallbacks["success"]
-    # Every execution entered the function exactly once (the cancel kind may, in theory, be
-    # cancelled before admission; every other kind is admitted or refused at once).
+    # Every execution entered the function exactly once (the cancel kind may be cancelled
+    # before admission, at the checkpoint of a call that found no free slot; every other kind
+    # is admitted or refused).
     for kind in ("success", "failure", "timeout", "sync", "ignored"):
         assert entered[kind] == executed_by_kind[kind], kind
-    assert entered["cancel"] >= executed_by_kind["cancel"]
+    assert entered["cancel"] <= executed_by_kind["cancel"]
     executed = sum(executed_by_kind.values())
     count = sample(metrics_registry, "resilience_command_duration_seconds_count", command=NAME)
     assert executed - observed["cancelled"] <= count <= executed

@@ -1,4 +1,4 @@
-"""WorkerPool behaviour (DESIGN section 2), on asyncio and trio."""
+"""WorkerPool behaviour, on asyncio and trio."""
 
 from __future__ import annotations
 
@@ -575,13 +575,13 @@ async def test_closing_a_map_whose_jobs_wait_for_room_keeps_exact_accounts() -> 
             await anyio.wait_all_tasks_blocked()
             s = p.statistics()
             assert (s.submitted, s.queued, s.waiting_submitters) == (2, 1, 0)
-            assert len(p._backlog) == 4  # read ahead up to the window: 2 * (1 + 1)
+            assert len(p._sched.backlog) == 4  # read ahead up to the window: 2 * (1 + 1)
             tg.cancel_scope.cancel()
         await results.aclose()
         await anyio.wait_all_tasks_blocked()
         s = p.statistics()
         assert s.waiting_submitters == 0
-        assert not p._backlog
+        assert not p._sched.backlog
         assert s.submitted == 2 == s.queued + s.running
         assert s.cancelled == 0  # the map's job was never submitted
         gate.release.set()
@@ -602,7 +602,7 @@ async def test_blocked_submitters_go_before_a_maps_backlog() -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(consume)
                 await anyio.wait_all_tasks_blocked()
-                assert len(p._backlog) == 3  # read ahead, not submitted
+                assert len(p._sched.backlog) == 3  # read ahead, not submitted
                 assert p.statistics().submitted == 2
                 tg.start_soon(p.submit, gate.job, 2)
                 await anyio.wait_all_tasks_blocked()
@@ -723,4 +723,4 @@ async def test_a_finished_map_keeps_no_handles_for_reuse() -> None:
     async with pool(workers=2, queue_size=2) as p:
         results = p.map(echo, range(50))
         assert [r async for r in results] == list(range(50))
-        assert not results._spare and not results._results
+        assert not results._feed._spare and not results._feed._results

@@ -1,4 +1,4 @@
-"""Pool metrics of DESIGN section 4, after known workloads (both backends)."""
+"""Pool metrics after known workloads (both backends)."""
 
 from __future__ import annotations
 

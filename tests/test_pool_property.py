@@ -64,7 +64,7 @@ def check(p: WorkerPool, model: Model) -> None:
     assert s.failed == 0 and s.cancelled >= 0
     if s.queued:
         assert s.running == p.workers  # nobody idles while work waits
-    if s.waiting_submitters or p._backlog:  # nothing waits while there is room
+    if s.waiting_submitters or p._sched.backlog:  # nothing waits while there is room
         assert s.queued == p.queue_size and s.running == p.workers
 
 
