@@ -10,18 +10,29 @@ import asyncio
 
 import anyio
 import pytest
-import sniffio
+from conftest import backends_with_uvloop, make_anyio_backend
 from prometheus_client import CollectorRegistry
 
 from resilience import CommandTimeoutError, Registry
 
+#: These run on asyncio, trio and asyncio with uvloop (its timers are the subtle ones).
+anyio_backend = make_anyio_backend(backends_with_uvloop)
+
 
 def _cancelling() -> int:
-    if sniffio.current_async_library() == "asyncio":
+    if _on_asyncio():
         task = asyncio.current_task()
         assert task is not None
         return task.cancelling()
     return 0
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _calls(metrics: CollectorRegistry, name: str, outcome: str) -> float:

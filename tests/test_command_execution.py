@@ -11,6 +11,7 @@ import threading
 
 import anyio
 import pytest
+from conftest import backends_with_uvloop, make_anyio_backend
 from prometheus_client import CollectorRegistry
 from test_command_helpers import (
     Boom,
@@ -34,6 +35,9 @@ from resilience import (
 )
 
 NAME = "exec"
+
+#: These run on asyncio, trio and asyncio with uvloop (its timers are the subtle ones).
+anyio_backend = make_anyio_backend(backends_with_uvloop)
 
 
 class Fatal(BaseException):
