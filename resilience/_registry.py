@@ -210,8 +210,8 @@ class Registry:
     def run(
         self,
         name: str,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*Ts], Any],
+        *args: *Ts,
         fallback: Callable[[Exception], Any] | None = None,
     ) -> Coroutine[Any, Any, Any]:
         """``await run(name, fn, *args)``: call ``fn(*args)`` through command ``name``.
