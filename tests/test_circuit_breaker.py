@@ -22,6 +22,7 @@ from test_command_helpers import (
     calls_total,
     eventually,
     ok,
+    recording,
     run_outcome,
     setup_breaker,
     spawn,
@@ -239,7 +240,7 @@ async def test_force_open_rejects_everything(
         clock.advance(SLEEP * 3)  # no trial ever under force_open
     assert calls_total(metrics_registry, NAME, "short_circuited") == 3
     seen: list[BaseException] = []
-    result = await reg.run(NAME, ok, fallback=lambda exc: seen.append(exc) or "fallback")
+    result = await reg.run(NAME, ok, fallback=recording(seen, "fallback"))
     assert result == "fallback"
     assert isinstance(seen[0], CircuitOpenError)
     reg.configure_command(NAME, force_open=False)
@@ -345,7 +346,7 @@ async def test_circuit_open_error_is_a_snapshot_taken_when_raised(
         except CircuitOpenError as exc:
             errors.append(exc)
     seen: list[BaseException] = []
-    await reg.run(NAME, ok, fallback=lambda exc: seen.append(exc) or "fb")
+    await reg.run(NAME, ok, fallback=recording(seen, "fb"))
     # Only now look at them, after time passed and more calls were short-circuited.
     clock.advance(2.0)
     for _ in range(3):

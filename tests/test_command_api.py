@@ -13,7 +13,7 @@ import functools
 import inspect
 import threading
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -28,6 +28,7 @@ from test_command_helpers import (
     make_registry,
     ok,
     ok_sync,
+    recording,
 )
 
 import resilience
@@ -59,7 +60,7 @@ def test_defaults_are_hystrix_defaults() -> None:
     assert c.sleep_window == 5.0
     assert c.rolling_window == 10.0
     assert c.buckets == 10
-    assert tuple(c.ignore_exceptions) == ()
+    assert c.ignore_exceptions == ()
     assert c.force_open is False
     assert c.force_closed is False
 
@@ -109,7 +110,7 @@ def test_decorator_validates_at_decoration_time(
 ) -> None:
     with pytest.raises(ValueError, match=field):
 
-        @reg.command(NAME, **{field: value})
+        @reg.command(NAME, **cast(dict[str, Any], {field: value}))
         async def never_called() -> None:  # pragma: no cover
             raise AssertionError
 
@@ -268,14 +269,14 @@ async def test_decorator_on_methods(reg: resilience.Registry) -> None:
 async def test_decorator_fallback(reg: resilience.Registry) -> None:
     seen: list[BaseException] = []
 
-    @reg.command(NAME, fallback=lambda exc: seen.append(exc) or "fallback")
+    @reg.command(NAME, fallback=recording(seen, "fallback"))
     async def flaky() -> str:
         raise Boom("down")
 
     assert await flaky() == "fallback"
     assert isinstance(seen[0], Boom)
 
-    @reg.command("sync-" + NAME, fallback=lambda exc: seen.append(exc) or "sync fallback")
+    @reg.command("sync-" + NAME, fallback=recording(seen, "sync fallback"))
     def sync_flaky() -> str:
         raise Boom("sync down")
 
@@ -502,9 +503,8 @@ async def test_statistics_snapshot_does_not_change_afterwards(reg: resilience.Re
 
 def test_circuit_state_is_a_str_enum() -> None:
     assert {s.value for s in CircuitState} == {"closed", "open", "half_open"}
-    assert CircuitState.CLOSED == "closed"
-    assert CircuitState.OPEN == "open"
-    assert CircuitState.HALF_OPEN == "half_open"
+    names: list[str] = ["closed", "open", "half_open"]
+    assert names == [CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN]
     assert all(isinstance(s, str) for s in CircuitState)
     assert CircuitState("half_open") is CircuitState.HALF_OPEN
 

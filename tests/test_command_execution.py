@@ -7,6 +7,7 @@ or "fallen back" from; an inner command's errors are the outer function's own fa
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import anyio
@@ -170,7 +171,7 @@ async def test_slot_comes_back_after_cancellation(
     for _ in range(3):
         hold = Hold()
         async with anyio.create_task_group() as tg:
-            p = spawn(tg, lambda h=hold: reg.run(NAME, h.fn))
+            p = spawn(tg, functools.partial(reg.run, NAME, hold.fn))
             await hold.entered.wait()
             assert in_flight(reg) == 1
             p.scope.cancel()

@@ -23,6 +23,7 @@ from test_command_helpers import (
     failing,
     fallbacks_total,
     make_registry,
+    recording,
     spawn,
 )
 
@@ -87,7 +88,7 @@ async def test_fallback_on_timeout(reg: resilience.Registry) -> None:
     reg.configure_command(NAME, timeout=0.05)
     seen: list[BaseException] = []
     result = await reg.run(
-        NAME, anyio.sleep_forever, fallback=lambda exc: seen.append(exc) or "late"
+        NAME, anyio.sleep_forever, fallback=recording(seen, "late")
     )
     assert result == "late"
     assert isinstance(seen[0], CommandTimeoutError)
@@ -100,7 +101,7 @@ async def test_fallback_on_rejection(reg: resilience.Registry) -> None:
     async with anyio.create_task_group() as tg:
         spawn(tg, lambda: reg.run(NAME, hold.fn))
         await hold.entered.wait()
-        result = await reg.run(NAME, hold.fn, fallback=lambda exc: seen.append(exc) or "busy")
+        result = await reg.run(NAME, hold.fn, fallback=recording(seen, "busy"))
         hold.release.set()
     assert result == "busy"
     assert isinstance(seen[0], MaxConcurrencyError)
@@ -116,7 +117,7 @@ async def test_fallback_on_open_circuit_without_calling_the_function(
     assert reg.get_circuit(NAME).state is CircuitState.OPEN
     hold = Hold()
     seen: list[BaseException] = []
-    result = await reg.run(NAME, hold.fn, fallback=lambda exc: seen.append(exc) or "cached")
+    result = await reg.run(NAME, hold.fn, fallback=recording(seen, "cached"))
     assert result == "cached"
     assert hold.calls == 0
     assert isinstance(seen[0], CircuitOpenError)

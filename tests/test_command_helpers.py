@@ -268,3 +268,13 @@ async def assert_short_circuited(reg: resilience.Registry) -> resilience.Circuit
     assert not called, "an open circuit must not call the function"
     assert info.value.command == BREAKER
     return info.value
+
+
+def recording(seen: list[BaseException], value: object) -> Callable[[Exception], object]:
+    """A fallback that records the error it gets and returns ``value``."""
+
+    def fallback(exc: Exception) -> object:
+        seen.append(exc)
+        return value
+
+    return fallback

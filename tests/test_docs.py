@@ -53,9 +53,10 @@ class Block:
     def compile(self) -> types.CodeType:
         # Pad with newlines so tracebacks point at the real line of the Markdown file.
         source = "\n" * (self.line - 1) + self.code
-        return compile(
+        code: types.CodeType = compile(
             source, str(self.path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
         )
+        return code
 
     @property
     def is_async(self) -> bool:
