@@ -1,4 +1,4 @@
-"""Circuit breaker rules of DESIGN section 1 (closed and open), driven by a fake clock.
+"""Circuit breaker rules (docs/commands.md) (closed and open), driven by a fake clock.
 
 Trip exactly at the threshold and not one call before, what counts in health,
 short-circuit without calling, sleep window, ``retry_after``/``statistics`` on

@@ -1,6 +1,6 @@
 """Hypothesis stateful test: one command driven through random steps against a model.
 
-The model is a direct transcription of DESIGN section 1's breaker rules (trip condition,
+The model is a direct transcription of the breaker rules in docs/commands.md (trip condition,
 sleep window, single trial, generations, what counts in health). Each rule runs its async
 part with ``anyio.run`` on the machine's backend; the machine runs once per backend.
 Statistics are checked exactly while the circuit is closed; the few places where the
@@ -37,7 +37,7 @@ HEALTH = {"success": "successes", "failure": "failures", "timeout": "timeouts",
 
 
 class Model:
-    """The breaker of DESIGN section 1, with [lo, hi] bounds on each rolling statistic."""
+    """The breaker (docs/commands.md), with [lo, hi] bounds on each rolling statistic."""
 
     def __init__(self, volume: int, percent: int) -> None:
         self.volume = volume

@@ -1,4 +1,4 @@
-"""Half-open and generation rules of DESIGN section 1, driven by a fake clock.
+"""Half-open and generation rules (docs/commands.md), driven by a fake clock.
 
 Exactly one trial (tasks and threads), trial success/failure/timeout, cancelled, ignored,
 hung (re-armed) and rejected trials, and stale outcomes from earlier generations.

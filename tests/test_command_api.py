@@ -1,4 +1,4 @@
-"""The command API of DESIGN section 1: configuration, decorator, run/run_sync, introspection.
+"""The command API (docs/commands.md): configuration, decorator, run/run_sync, introspection.
 
 Validation names the field at configuration time; ``configure_command`` merges keywords and
 replaces with a ``CommandConfig``; the decorator keeps the function's identity and sync/async

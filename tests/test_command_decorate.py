@@ -1,4 +1,4 @@
-"""What can be decorated (DESIGN section 1) and the public surface (section 10).
+"""What can be decorated (docs/commands.md) and the public surface.
 
 ``async def`` functions, methods, ``staticmethod``/``classmethod`` objects in either order and
 objects with an ``async def __call__`` stay async; plain functions and methods stay sync;

@@ -1,4 +1,4 @@
-"""Execution semantics of DESIGN section 1: timeouts, slots, cancellation, thread pools.
+"""Execution semantics (docs/commands.md): timeouts, slots, cancellation, thread pools.
 
 Timeouts really cancel async work; slots come back exactly once whatever happens; a sync
 function keeps its slot until its thread returns; cancellation is never swallowed, counted
@@ -228,7 +228,7 @@ async def test_slot_comes_back_after_base_exception(
     assert fallback_calls == [], "no fallback for a BaseException"
     assert in_flight(reg) == 0
     assert await reg.run(NAME, ok) == "ok"
-    if exc_type is KeyboardInterrupt:  # DESIGN: a cancellation, never a failure
+    if exc_type is KeyboardInterrupt:  # a cancellation, never a failure
         assert reg.get_circuit(NAME).statistics().failures == 0
         assert calls_total(metrics_registry, NAME, "failure") == 0
         assert calls_total(metrics_registry, NAME, "cancelled") == 1

@@ -1,4 +1,4 @@
-"""Fallback rules and exception identity of DESIGN section 1.
+"""Fallback rules and exception identity (docs/commands.md).
 
 ``fallback(exc)`` (sync or async) runs on circuit-open, rejection, timeout and failure; its
 value is the result and its exception propagates; never for ignored exceptions or

@@ -1,6 +1,6 @@
 """Shared helpers of the command/circuit contract tests (this module holds no tests).
 
-The contract under test is DESIGN.md section 1 (and the command metrics of section 4).
+The contract under test is docs/commands.md (and the command metrics of docs/metrics.md).
 Everything here is deliberately independent of the implementation: a fake clock, calls that
 block until released, background calls that record how they ended, and metric readers.
 """

@@ -1,4 +1,4 @@
-"""Command metrics of DESIGN section 4 after a known workload, on private registries."""
+"""Command metrics (docs/metrics.md) after a known workload, on private registries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation rules of DESIGN section 1, ``ignore_exceptions`` predicates and ``failed_if``.
+"""Validation rules (docs/commands.md), ``ignore_exceptions`` predicates and ``failed_if``.
 
 ``CommandConfig`` is keyword-only and frozen; a value of the wrong type raises ``TypeError``
 naming the field, a wrong value ``ValueError`` naming the field and the value, at

@@ -1,4 +1,4 @@
-"""Events of DESIGN section 5: ``subscribe`` and the ``resilience.circuit`` log.
+"""Events (docs/events.md): ``subscribe`` and the ``resilience.circuit`` log.
 
 A ``StateChange(command, old, new, statistics, reason)`` for every circuit transition (trip,
 trial admitted, trial success/failure, forced open/closed, unforced, flush), delivered once,
