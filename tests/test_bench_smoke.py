@@ -15,12 +15,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's bench/
 
 from bench import commands_bench, pool_bench
+from bench._harness import AsyncCase
 
 
 @pytest.mark.parametrize(
     "case", commands_bench._resilience_async_cases(), ids=lambda case: case.name
 )
-async def test_command_cases_check_and_run(case: commands_bench.AsyncCase) -> None:
+async def test_command_cases_check_and_run(case: AsyncCase) -> None:
     loop = await case.setup()
     await loop(50)
 
