@@ -93,9 +93,10 @@ async def outer_deadline_first(deadline: float) -> None:
     """
     outer = anyio.current_effective_deadline()
     if outer <= deadline:
-        # the caller's scope has expired (or does so now): sleeping until it delivers its
-        # cancellation costs at most a timer tick; a shielded or odd scope falls through
-        await anyio.sleep(max(outer - anyio.current_time(), 0.0) + 0.001)
+        # The caller's scope has expired too; its cancellation arrives within a timer tick
+        # (uvloop's timers are millisecond-grained and anyio re-arms an early one), so wait
+        # for it, bounded: a scope that somehow never delivers costs at most 50 ms.
+        await anyio.sleep(max(outer - anyio.current_time(), 0.0) + 0.05)
 
 
 async def wait_future(fut: Future[T]) -> T:
