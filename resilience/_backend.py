@@ -31,6 +31,7 @@ import anyio
 
 __all__ = [
     "Deadline",
+    "checkpoint",
     "Waiter",
     "Wakeup",
     "loop_caller",
@@ -82,6 +83,18 @@ class Deadline:
         if not self.fired:
             return False
         return self.task.uncancel() <= self._cancelling
+
+
+_sleep = asyncio.sleep
+
+
+async def checkpoint() -> None:
+    """Yield to the event loop once, letting a pending cancellation in (like anyio's own
+    ``checkpoint``, without its dispatch: about 1 µs less on the refused-call path)."""
+    if running_loop() is not None:
+        await _sleep(0)
+    else:
+        await sys.modules["trio"].lowlevel.checkpoint()
 
 
 async def outer_deadline_first(deadline: float) -> None:

@@ -232,7 +232,10 @@ class CircuitCore:
     def _short_circuit(self, now: float, retry_after: float | None) -> int:
         self.calls[SHORT_CIRCUITED] += 1
         w = self.window
-        w.add(now, SHORT_CIRCUITED)
+        if now < w.end:
+            w.bucket[SHORT_CIRCUITED] += 1; w.totals[SHORT_CIRCUITED] += 1  # noqa: E702
+        else:
+            w.add(now, SHORT_CIRCUITED)
         self.refused = circuit_open(self.name, retry_after, tuple(w.totals), self.count_rejections)
         return REFUSED
 

@@ -21,9 +21,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
-from anyio.lowlevel import checkpoint
 
-from ._backend import Deadline, Wakeup, outer_deadline_first, running_loop
+from ._backend import Deadline, Wakeup, checkpoint, outer_deadline_first, running_loop
 from ._circuit import (
     NEED_WAITER,
     REFUSED,
@@ -66,6 +65,7 @@ _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
 REFUSALS = (CircuitOpenError, MaxConcurrencyError)
 RELEASED = -10  # a ``gen`` value: the slot was given back
+YIELDING = -11  # a ``gen`` value: at the checkpoint before admission
 _NO_TICKET: list[int] = []  # (never appended to: only admit() appends, to a fresh list)
 
 
@@ -163,9 +163,12 @@ def coroutine_caller(
                 held = acquire()  # contended: another thread is in a critical section
             if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
                 core.in_flight += 1; gen = core.gen; held = give(True)  # noqa: E702
-            else:
-                held = give(True); ticket = []  # noqa: E702
-                gen = await admit(core, ticket)  # waits for a slot, or raises the refusal
+            else:  # every call is a checkpoint: yield once, then admit, wait or refuse
+                held = give(True); ticket = []; gen = YIELDING  # noqa: E702
+                await checkpoint()
+                gen = admit_now(core, ticket)  # raises the refusal
+                if gen == NEED_WAITER:
+                    gen = await admit_waiting(core, ticket)
             timeout = core.timeout
             started = timer()
             if timeout is None:
@@ -213,8 +216,10 @@ def coroutine_caller(
         except BaseException as exc:
             if held:
                 give(True)
-            if gen == REFUSED and ticket:
+            if gen < 0 and ticket:
                 gen = ticket[0]  # interrupted inside admit() after it took a slot
+            elif gen == YIELDING and not isinstance(exc, REFUSALS):
+                lock.run(core.count, CANCELLED)  # cancelled at its checkpoint, not admitted
             if deadline is not None and deadline.disarm() and isinstance(exc, _CancelledError):
                 error: BaseException = Expired(deadline.delay, deadline.when)  # ours
             elif gen >= 0 or (fallback is not None and isinstance(exc, REFUSALS)):
@@ -234,28 +239,59 @@ def coroutine_caller(
 
 
 async def admit(core: CircuitCore, ticket: list[int]) -> int:
-    """Admission when the shortcut does not apply: circuit not closed, no slot free, or
-    callers already waiting. Yields once first (every call is a checkpoint, refused ones
-    included, so a loop of refusals lets deadlines fire and other tasks run), then returns
-    the generation, or raises the refusal."""
-    lock = core.lock
+    """Admission when the shortcut does not apply (circuit not closed, no slot free, or
+    callers already waiting): yield once (every call is a checkpoint, refused ones included,
+    so a loop of refusals lets deadlines fire and other tasks run), then return the
+    generation, waiting for a slot if ``max_wait`` allows, or raise the refusal."""
     try:
         await checkpoint()
     except BaseException:
-        lock.run(core.count, CANCELLED)  # cancelled before it was admitted
+        core.lock.run(core.count, CANCELLED)  # cancelled before it was admitted
         raise
-    waiter: Wakeup | None = None
+    gen = admit_now(core, ticket)
+    if gen == NEED_WAITER:
+        gen = await admit_waiting(core, ticket)
+    return gen
+
+
+def admit_now(core: CircuitCore, ticket: list[int]) -> int:
+    """The generation, NEED_WAITER (a slot may free up within ``max_wait``), or raise the
+    refusal. (``lock.run`` written inline: this is the refused call's path.)"""
+    lock = core.lock
+    held: bool | None = False
+    try:
+        held = lock.acquire()
+        gen = core.admit(ticket, None)
+        refused = core.refused
+        core.refused = None
+        events = core.events and core.take_events()
+        held = lock.give(True)
+    finally:
+        if held:
+            lock.give(True)
+    if events:
+        publish(core, events)
+    if gen >= 0 or gen == NEED_WAITER:
+        return gen
+    assert refused is not None
+    try:
+        raise refused
+    finally:
+        del refused
+
+
+async def admit_waiting(core: CircuitCore, ticket: list[int]) -> int:
+    """Queue for a slot (first come, first served) for up to ``max_wait``; the generation,
+    or raise the rejection."""
+    lock = core.lock
+    waiter = Wakeup(-1)
     while True:
         gen, refused, events = lock.run(core.try_admit, ticket, waiter)
         if events:
             publish(core, events)
         if gen >= 0:
             return gen
-        if gen == NEED_WAITER:
-            waiter = Wakeup(-1)
-            continue
         if gen == WAITING:
-            assert waiter is not None
             try:
                 with anyio.move_on_after(core.max_wait):
                     await waiter.wait()
@@ -267,6 +303,8 @@ async def admit(core: CircuitCore, ticket: list[int]) -> int:
                 publish(core, events)
             if gen >= 0:
                 return gen
+        if gen == NEED_WAITER:  # (cannot happen with a waiter given)
+            continue
         assert refused is not None
         try:
             raise refused
