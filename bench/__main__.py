@@ -1,4 +1,4 @@
-"""``python -m bench [--quick]``: the command benchmark, then the worker-pool benchmark."""
+"""``python -m bench [--quick]``: the command, scale, worker-pool and TLS benchmarks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ def main() -> None:
     from bench import commands_bench
 
     commands_bench.main()
+    print()
+    importlib.import_module("bench.scale_bench").main()
     try:
         pool_bench = importlib.import_module("bench.pool_bench")
     except ModuleNotFoundError as exc:
@@ -19,6 +21,8 @@ def main() -> None:
         return
     print()
     pool_bench.main()
+    print()
+    importlib.import_module("bench.tls_bench").main()
 
 
 if __name__ == "__main__":
