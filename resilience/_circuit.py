@@ -315,12 +315,15 @@ class CircuitCore:
         elif gen == self.gen and self.state == HALF_OPEN:
             self.trial_busy = False  # cancelled or ignored trial: the next call may trial
 
-    def record_window(self, gen: int, kind: int) -> None:
+    def record_window(self, gen: int, kind: int, now: float | None = None) -> None:
+        """Count an outcome of generation ``gen`` in the window (``now``: the clock's reading,
+        if the caller has one) and act on the state; stale outcomes are ignored here."""
         if gen != self.gen:
             return  # stale: lifetime metrics only
         state = self.state
         if state == CLOSED:
-            now = self.clock()
+            if now is None:
+                now = self.clock()
             self.window.add(now, kind)
             self.check_health(now)
         elif state == HALF_OPEN:

@@ -207,7 +207,7 @@ def coroutine_caller(
                 # a success only lowers the error rate, so health cannot change
                 window.bucket[0] += 1; window.totals[0] += 1; held = give(True)  # noqa: E702
                 return result
-            core.record_window(g, SUCCESS)
+            core.record_window(g, SUCCESS, ended)
             events = core.take_events()
             held = give(True)
             if events:
