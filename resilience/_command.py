@@ -18,7 +18,7 @@ import asyncio
 import inspect
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -28,6 +28,7 @@ from ._circuit import (
     REFUSED,
     WAITING,
     CircuitCore,
+    SlotWaiter,
     kind_of,
     publish,
     timer,
@@ -49,6 +50,10 @@ __all__ = [
     "Fallback",
     "Verdict",
     "admit",
+    "admit_now",
+    "admit_waiting",
+    "dequeue",
+    "enqueue",
     "call_fallback",
     "chain",
     "coroutine_caller",
@@ -283,33 +288,46 @@ def admit_now(core: CircuitCore, ticket: list[int]) -> int:
 async def admit_waiting(core: CircuitCore, ticket: list[int]) -> int:
     """Queue for a slot (first come, first served) for up to ``max_wait``; the generation,
     or raise the rejection."""
-    lock = core.lock
     waiter = Wakeup(-1)
-    while True:
-        gen, refused, events = lock.run(core.try_admit, ticket, waiter)
-        if events:
-            publish(core, events)
-        if gen >= 0:
-            return gen
-        if gen == WAITING:
-            try:
-                with anyio.move_on_after(core.max_wait):
-                    await waiter.wait()
-            except BaseException:
-                lock.run(core.leave_queue, waiter)
-                raise
-            gen, refused, events = lock.run(core.end_wait, waiter)
-            if events:
-                publish(core, events)
-            if gen >= 0:
-                return gen
-        if gen == NEED_WAITER:  # (cannot happen with a waiter given)
-            continue
-        assert refused is not None
-        try:
-            raise refused
-        finally:
-            del refused
+    gen = enqueue(core, ticket, waiter)
+    if gen >= 0:
+        return gen
+    try:
+        with anyio.move_on_after(core.max_wait):
+            await waiter.wait()
+    except BaseException:
+        core.lock.run(core.leave_queue, waiter)
+        raise
+    return dequeue(core, waiter)
+
+
+def enqueue(core: CircuitCore, ticket: list[int], waiter: SlotWaiter) -> int:
+    """Admit with ``waiter`` queued if no slot is free: the generation or WAITING, or raise
+    the refusal (the circuit may have opened meanwhile)."""
+    gen, refused, events = core.lock.run(core.try_admit, ticket, waiter)
+    if events:
+        publish(core, events)
+    if gen >= 0 or gen == WAITING:
+        return gen
+    _raise(refused)
+
+
+def dequeue(core: CircuitCore, waiter: SlotWaiter) -> int:
+    """The waiter woke up or ran out of time: its generation, or raise the rejection."""
+    gen, refused, events = core.lock.run(core.end_wait, waiter)
+    if events:
+        publish(core, events)
+    if gen >= 0:
+        return gen
+    _raise(refused)
+
+
+def _raise(refused: BaseException | None) -> NoReturn:
+    assert refused is not None
+    try:
+        raise refused
+    finally:
+        del refused
 
 
 async def in_cancel_scope(

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from ._backend import wait_future
-from ._circuit import NEED_WAITER, REFUSED, WAITING, CircuitCore, publish
+from ._circuit import NEED_WAITER, REFUSED, CircuitCore, publish
 from ._circuit import timer as _timer
 from ._command import (
     FALLBACK,
@@ -32,8 +32,11 @@ from ._command import (
     Fallback,
     Verdict,
     admit,
+    admit_now,
     call_fallback,
     chain,
+    dequeue,
+    enqueue,
     failed,
     finish,
     judge,
@@ -218,35 +221,21 @@ class _ThreadWaiter:
 
 
 def _admit_sync(core: CircuitCore, ticket: list[int]) -> int:
-    """Admission from sync code: the generation, or raise the refusal."""
-    lock = core.lock
-    waiter: _ThreadWaiter | None = None
-    while True:
-        gen, refused, events = lock.run(core.try_admit, ticket, waiter)
-        if events:
-            publish(core, events)
-        if gen >= 0:
-            return gen
-        if gen == NEED_WAITER:
-            waiter = _ThreadWaiter()
-            continue
-        if gen == WAITING:
-            assert waiter is not None
-            try:
-                waiter.wait(core.max_wait)
-            except BaseException:
-                lock.run(core.leave_queue, waiter)
-                raise
-            gen, refused, events = lock.run(core.end_wait, waiter)
-            if events:
-                publish(core, events)
-            if gen >= 0:
-                return gen
-        assert refused is not None
-        try:
-            raise refused
-        finally:
-            del refused
+    """Admission from sync code: the generation (after waiting up to ``max_wait`` for a
+    slot), or raise the refusal."""
+    gen = admit_now(core, ticket)
+    if gen != NEED_WAITER:
+        return gen
+    waiter = _ThreadWaiter()
+    gen = enqueue(core, ticket, waiter)
+    if gen >= 0:
+        return gen
+    try:
+        waiter.wait(core.max_wait)
+    except BaseException:
+        core.lock.run(core.leave_queue, waiter)
+        raise
+    return dequeue(core, waiter)
 
 
 def call_sync(
