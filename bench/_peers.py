@@ -2,8 +2,10 @@
 
 Each peer is configured as close to a resilience command as it allows: a breaker around a
 trivial coroutine (trip threshold 20, 5 s recovery), plus a concurrency limit of 10 and a 1 s
-timeout where the peer offers them. Peers are imported lazily so that a missing or broken one
-only loses its own rows; the harness prints the reason.
+timeout where the peer offers them. Where a peer has a rolling window (interlock-cb) it is the
+command's: 10 s, time-based, 50 % error rate over at least the threshold's volume. Peers are
+imported lazily so that a missing or broken one only loses its own rows; the harness prints
+the reason.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from bench._harness import AsyncCase, AsyncLoop, SyncCase, SyncLoop
 
 __all__ = [
+    "CHECKPOINT",
     "PEERS",
     "Boom",
     "asyncio_primitives",
     "bare_async",
+    "bare_checkpoint",
+    "flaky",
     "open_circuit_loop",
     "peer_cases",
     "peer_versions",
@@ -38,6 +44,7 @@ AsyncFn = Callable[[], Coroutine[Any, Any, Any]]
 THRESHOLD = 20  # Hystrix's request_volume_threshold; the peers count consecutive failures
 RECOVERY_S = 5.0  # Hystrix's sleep_window
 TRIPPED_RECOVERY_S = 3600.0  # keeps a tripped peer open for the whole run
+CHECKPOINT = "bare anyio.lowlevel.checkpoint()"
 
 
 class Boom(Exception):
@@ -51,6 +58,11 @@ async def work() -> int:
 
 def work_sync() -> int:
     return 1
+
+
+async def flaky() -> int:
+    """A dependency that always fails (the failure-path cases)."""
+    raise Boom
 
 
 def call_loop(call: AsyncFn) -> AsyncLoop:
@@ -78,6 +90,11 @@ def open_circuit_loop(call: AsyncFn, error: type[BaseException]) -> AsyncLoop:
 
 async def bare_async() -> AsyncLoop:
     return call_loop(work)
+
+
+async def bare_checkpoint() -> AsyncLoop:
+    """``n`` times ``await anyio.lowlevel.checkpoint()``: what a refused call must yield."""
+    return call_loop(anyio.lowlevel.checkpoint)
 
 
 # --- raw primitives ---------------------------------------------------------------------------
@@ -137,6 +154,7 @@ async def _trio_fail_after() -> AsyncLoop:
 def asyncio_primitives() -> list[AsyncCase]:
     return [
         AsyncCase("bare await f()", bare_async),
+        AsyncCase(CHECKPOINT, bare_checkpoint),
         AsyncCase("asyncio.timeout(1.0) block", _asyncio_timeout),
         AsyncCase("anyio.fail_after(1.0) block", _anyio_fail_after),
         AsyncCase("asyncio.Semaphore(10) block", _asyncio_semaphore),
@@ -147,6 +165,7 @@ def asyncio_primitives() -> list[AsyncCase]:
 def trio_primitives() -> list[AsyncCase]:
     return [
         AsyncCase("bare await f()", bare_async),
+        AsyncCase(CHECKPOINT, bare_checkpoint),
         AsyncCase("trio.fail_after(1.0) block", _trio_fail_after),
         AsyncCase("anyio.fail_after(1.0) block", _anyio_fail_after),
     ]
@@ -223,6 +242,39 @@ async def _pyresilience_full(fn: AsyncFn, threshold: int, recovery: float) -> As
     return wrapped
 
 
+async def _pyresilience_breaker(fn: AsyncFn, threshold: int, recovery: float) -> AsyncFn:
+    from pyresilience import CircuitBreakerConfig, resilient
+
+    wrapped: AsyncFn = resilient(circuit_breaker=CircuitBreakerConfig(
+        failure_threshold=threshold, recovery_timeout=recovery))(fn)
+    return wrapped
+
+
+def _interlock_breaker(threshold: int, recovery: float) -> Any:
+    """interlock-cb's breaker with a command's window: 10 s time-based, 50 %, min volume."""
+    from interlock import CircuitBreaker, Config, WindowType
+
+    config = Config(failure_rate_threshold=0.5, minimum_number_of_calls=threshold,
+                    wait_duration_in_open=recovery, window_type=WindowType.TIME_BASED,
+                    window_size=10)
+    return CircuitBreaker(name="bench", config=config)
+
+
+async def _interlock(fn: AsyncFn, threshold: int, recovery: float) -> AsyncFn:
+    wrapped: AsyncFn = _interlock_breaker(threshold, recovery)(fn)
+    return wrapped
+
+
+async def _interlock_full(fn: AsyncFn, threshold: int, recovery: float) -> AsyncFn:
+    """Its Polly-style pipeline, outermost first: breaker, bulkhead(10), timeout(1.0)."""
+    from interlock import Pipeline
+
+    pipeline = (Pipeline.builder().circuit_breaker(_interlock_breaker(threshold, recovery))
+                .bulkhead(10).timeout(1.0).build())
+    wrapped: AsyncFn = pipeline(fn)
+    return wrapped
+
+
 @dataclass(frozen=True)
 class Peer:
     """A peer configuration: ``wrap(fn, threshold, recovery)`` returns the guarded call."""
@@ -231,6 +283,11 @@ class Peer:
     dist: str
     wrap: Wrap
     has_timeout: bool
+
+    @property
+    def breaker_only(self) -> bool:
+        """A breaker and nothing else (the success-path target compares against these)."""
+        return self.label.endswith("(breaker)")
 
     @property
     def open_label(self) -> str:
@@ -244,8 +301,11 @@ PEERS = (
     Peer("aiobreaker (breaker)", "aiobreaker", _aiobreaker, False),
     Peer("hyx (breaker)", "hyx", _hyx, False),
     Peer("hyx (breaker+bulkhead+timeout)", "hyx", _hyx_full, True),
+    Peer("pyresilience (breaker)", "pyresilience", _pyresilience_breaker, False),
     Peer("pyresilience (breaker+bulkhead)", "pyresilience", _pyresilience, False),
     Peer("pyresilience (breaker+bulkhead+timeout)", "pyresilience", _pyresilience_full, True),
+    Peer("interlock-cb (breaker)", "interlock-cb", _interlock, False),
+    Peer("interlock-cb (breaker+bulkhead+timeout)", "interlock-cb", _interlock_full, True),
 )
 
 
@@ -292,7 +352,7 @@ def _open_setup(peer: Peer) -> Callable[[], Awaitable[AsyncLoop]]:
 def peer_cases() -> tuple[list[AsyncCase], list[AsyncCase]]:
     """(success-path cases, open-circuit cases) for every peer."""
     ok = [AsyncCase(p.label, _success_setup(p)) for p in PEERS]
-    opened = [AsyncCase(p.open_label, _open_setup(p)) for p in PEERS if not p.has_timeout]
+    opened = [AsyncCase(p.open_label, _open_setup(p)) for p in PEERS if p.breaker_only]
     return ok, opened
 
 

@@ -2,12 +2,18 @@
 
 Run with ``python -m bench.commands_bench [--quick]`` (or ``make bench``). Everything runs in
 one process; each figure is the median of interleaved repeats of a tight loop of calls inside
-one running event loop, in nanoseconds (printed as µs) per call. The targets come from issue 2:
+one running event loop, in nanoseconds (printed as µs) per call. The targets (PASS/MISS):
 
-* success path (breaker + concurrency limit + metrics, ``timeout=None``): <= 1.0 µs over a bare
-  ``await f()`` on asyncio;
-* with ``timeout=1.0``: <= 1.5x a bare ``asyncio.timeout`` block;
-* a call rejected by an open circuit: <= 1.5 µs.
+* success path (breaker + concurrency limit + metrics, ``timeout=None``): <= +0.5 µs over a
+  bare ``await f()`` (asyncio and trio), and below every breaker-only peer (asyncio);
+* with ``timeout=1.0``: <= 0.75x a bare ``asyncio.timeout`` block;
+* a rejected call (a checkpoint: a refused call yields once): <= one bare
+  ``anyio.lowlevel.checkpoint()`` + 1.0 µs, and below interlock-cb's rejection;
+* sync ``@command`` with ``timeout=None`` (runs in the caller's thread): <= +3 µs over a
+  bare call (shown next to pybreaker);
+* scale: ``run(name, fn)`` over 10,000 names <= 1.5x a decorated call over 10,000 names;
+  10,000 names <= 2.5x one name; failure path and ``statistics()`` at 1,000 buckets <= 1.5x
+  10 buckets; sparse calls (each one rolls the window, fake clock) <= 2x steady calls.
 
 Numbers from a shared or busy machine are noisy: compare within one run, rerun on a quiet one.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +63,8 @@ RUN_SYNC = "resilience registry.run_sync (timeout=1.0)"
 EXECUTOR = "ThreadPoolExecutor.submit(f).result()"
 PYBREAKER = "pybreaker (breaker, no thread)"
 ASYNCIO_TIMEOUT = "asyncio.timeout(1.0) block"
+CHECKPOINT = _peers.CHECKPOINT
+TRIO_TIMEOUT = "trio.fail_after(1.0) block"
 
 
 # --- resilience cases -------------------------------------------------------------------------
@@ -179,10 +188,199 @@ def _resilience_async_cases() -> list[AsyncCase]:
     ]
 
 
+# --- scale cases: how the cost grows with names and buckets -----------------------------------
+
+NAMES = 10_000
+SCALE_RUN = "run(name, fn), 10,000 names in rotation"
+SCALE_CMD = "@command, 10,000 names in rotation"
+SCALE_CMD_1 = "@command, 1 name (same rotation loop)"
+FAIL_10 = "failure path, buckets=10"
+FAIL_1000 = "failure path, buckets=1000"
+STATS_10 = "get_circuit(n).statistics(), 10 live buckets"
+STATS_1000 = "get_circuit(n).statistics(), 1000 live buckets"
+STEADY_10 = "steady calls (fake clock), buckets=10"
+SPARSE_10 = "sparse calls (each rolls), buckets=10"
+STEADY_1000 = "steady calls (fake clock), buckets=1000"
+SPARSE_1000 = "sparse calls (each rolls), buckets=1000"
+
+
+def _many_names_registry(names: int) -> resilience.Registry:
+    """A registry whose private CollectorRegistry accepts ``names`` names (and some more)."""
+    from prometheus_client import CollectorRegistry
+
+    import resilience
+    import resilience.metrics
+
+    metrics = CollectorRegistry()
+    resilience.metrics.set_max_names(max(20_000, 2 * names), registry=metrics)
+    return resilience.Registry(metrics_registry=metrics)
+
+
+def _rotation_decorated(names: int, distinct: bool = True) -> Callable[[], Awaitable[AsyncLoop]]:
+    """A loop over ``names`` decorated functions (``distinct``), or over one, repeated."""
+
+    async def setup() -> AsyncLoop:
+        reg = _many_names_registry(names)
+        if distinct:
+            calls = [reg.command(f"bench-{i}", timeout=None)(_peers.work) for i in range(names)]
+        else:
+            calls = [reg.command("bench", timeout=None)(_peers.work)] * names
+        for call in calls:  # every name once: created, warm, and checked
+            if await call() != 1:
+                raise RuntimeError("@command did not return the function's result")
+        _check_successes(reg, "bench-0" if distinct else "bench", 1 if distinct else names)
+        rotation = itertools.cycle(calls)
+
+        async def loop(n: int) -> None:
+            for call in itertools.islice(rotation, n):
+                await call()
+
+        return loop
+
+    return setup
+
+
+def _rotation_run(names: int) -> Callable[[], Awaitable[AsyncLoop]]:
+    """``await run(name, work)`` over ``names`` names (one function, cached per name)."""
+
+    async def setup() -> AsyncLoop:
+        reg = _many_names_registry(names)
+        run, work = reg.run, _peers.work
+        all_names = [f"bench-{i}" for i in range(names)]
+        for name in all_names:
+            reg.configure_command(name, timeout=None)
+            if await run(name, work) != 1:
+                raise RuntimeError("registry.run did not return the function's result")
+        _check_successes(reg, all_names[-1], 1)
+        rotation = itertools.cycle(all_names)
+
+        async def loop(n: int) -> None:
+            for name in itertools.islice(rotation, n):
+                await run(name, work)
+
+        return loop
+
+    return setup
+
+
+def _failing(buckets: int) -> Callable[[], Awaitable[AsyncLoop]]:
+    """Every call fails (caught); the circuit never trips (volume threshold out of reach)."""
+
+    async def setup() -> AsyncLoop:
+        reg = _registry()
+        call = reg.command("bench", timeout=None, buckets=buckets,
+                           request_volume_threshold=10**12)(_peers.flaky)
+        loop = _peers.open_circuit_loop(call, _peers.Boom)
+        await loop(3)
+        stats = reg.get_circuit("bench").statistics()
+        if stats.failures != 3 or reg.get_circuit("bench").state.value != "closed":
+            raise RuntimeError(f"failure path: expected 3 failures, closed; got {stats}")
+        return loop
+
+    return setup
+
+
+class FakeClock:
+    """A registry clock the benchmark moves by hand (seconds)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _statistics(buckets: int) -> Callable[[], SyncLoop]:
+    """``get_circuit(name).statistics()`` with every bucket of the window holding a count."""
+
+    def setup() -> SyncLoop:
+        from prometheus_client import CollectorRegistry
+
+        import resilience
+
+        clock = FakeClock()
+        reg = resilience.Registry(metrics_registry=CollectorRegistry(), clock=clock)
+        width = 10.0 / buckets
+        call = reg.command("bench", timeout=None, buckets=buckets, rolling_window=10.0)(
+            _peers.work_sync)
+        start = (clock.now // width + 1) * width  # the start of a bucket
+        for b in range(buckets):
+            clock.now = start + (b + 0.5) * width
+            call()
+        got = reg.get_circuit("bench").statistics().successes
+        if got != buckets:
+            raise RuntimeError(f"statistics: expected {buckets} live successes, got {got}")
+        get_circuit = reg.get_circuit
+
+        def loop(n: int) -> None:
+            for _ in range(n):
+                get_circuit("bench").statistics()
+
+        return loop
+
+    return setup
+
+
+def _paced(buckets: int, sparse: bool) -> Callable[[], Awaitable[AsyncLoop]]:
+    """Successes on a fake clock: steady (one bucket) or sparse (> a bucket apart: each call
+    rolls the window and takes the full health path)."""
+
+    async def setup() -> AsyncLoop:
+        from prometheus_client import CollectorRegistry
+
+        import resilience
+
+        clock = FakeClock()
+        reg = resilience.Registry(metrics_registry=CollectorRegistry(), clock=clock)
+        call = reg.command("bench", timeout=None, buckets=buckets, rolling_window=10.0)(
+            _peers.work)
+        step = 1.5 * 10.0 / buckets if sparse else 0.0
+        for _ in range(30):
+            clock.now += step
+            await call()
+        stats = reg.get_circuit("bench").statistics()
+        expected = 30 if not sparse else min(30, int(10.0 / step) + 1)
+        if not sparse and stats.successes != expected:
+            raise RuntimeError(f"steady calls: expected {expected} successes, got {stats}")
+        if sparse and not 0 < stats.successes <= expected:
+            raise RuntimeError(f"sparse calls: expected <= {expected} live successes, got {stats}")
+
+        async def loop(n: int) -> None:
+            for _ in range(n):
+                clock.now += step
+                await call()
+
+        return loop
+
+    return setup
+
+
+def _scale_async_cases(names: int = NAMES) -> list[AsyncCase]:
+    return [
+        AsyncCase(SCALE_RUN, _rotation_run(names)),
+        AsyncCase(SCALE_CMD, _rotation_decorated(names)),
+        AsyncCase(SCALE_CMD_1, _rotation_decorated(names, distinct=False)),
+        AsyncCase(FAIL_10, _failing(10)),
+        AsyncCase(FAIL_1000, _failing(1000)),
+        AsyncCase(STEADY_10, _paced(10, sparse=False)),
+        AsyncCase(SPARSE_10, _paced(10, sparse=True)),
+        AsyncCase(STEADY_1000, _paced(1000, sparse=False)),
+        AsyncCase(SPARSE_1000, _paced(1000, sparse=True)),
+    ]
+
+
+def _scale_sync_cases() -> list[SyncCase]:
+    return [SyncCase(STATS_10, _statistics(10)), SyncCase(STATS_1000, _statistics(1000))]
+
+
 # --- running ----------------------------------------------------------------------------------
 
 
-def _measure_all(settings: Settings) -> Results:
+def _measure_all(settings: Settings, scale: bool = True) -> Results:
+    """Main cases (asyncio, trio, sync), then the scale cases in runs of their own (their
+    10,000-name registries stay out of the main cases' heap)."""
     import trio
 
     results: Results = {}
@@ -201,6 +399,12 @@ def _measure_all(settings: Settings) -> Results:
         results["trio", name] = res
     for name, res in measure_sync(sync_cases, settings).items():
         results["sync", name] = res
+    if scale:
+        for name, res in asyncio.run(
+                measure_async("asyncio", _scale_async_cases(), settings)).items():
+            results["asyncio", name] = res
+        for name, res in measure_sync(_scale_sync_cases(), settings).items():
+            results["sync", name] = res
     return results
 
 
@@ -219,11 +423,12 @@ class Section:
 def _sections() -> list[Section]:
     peers = [("asyncio", p.label) for p in _peers.PEERS]
     timed = [("asyncio", p.label) for p in _peers.PEERS if p.has_timeout]
-    opened = [("asyncio", p.open_label) for p in _peers.PEERS if not p.has_timeout]
+    opened = [("asyncio", p.open_label) for p in _peers.PEERS if p.breaker_only]
     bare = {"asyncio": BARE, "trio": BARE}
+    checkpoint = {"asyncio": CHECKPOINT, "trio": CHECKPOINT}
     return [
-        Section("1. baseline: bare `await f()` (f a trivial async def)",
-                [("asyncio", BARE), ("trio", BARE)], {"asyncio": BARE, "trio": BARE}),
+        Section("1. baseline: bare `await f()` (f a trivial async def), one checkpoint",
+                [(b, n) for b in ("asyncio", "trio") for n in (BARE, CHECKPOINT)], bare),
         Section("2. success path, timeout=None (breaker + concurrency limit + metrics)",
                 [(b, n) for b in ("asyncio", "trio") for n in (BARE, CMD_NONE, RUN_NONE)],
                 bare),
@@ -231,21 +436,29 @@ def _sections() -> list[Section]:
                 [("asyncio", ASYNCIO_TIMEOUT), ("asyncio", "anyio.fail_after(1.0) block"),
                  ("asyncio", CMD_T), ("asyncio", RUN_T),
                  *timed,
-                 ("trio", "trio.fail_after(1.0) block"), ("trio", "anyio.fail_after(1.0) block"),
+                 ("trio", TRIO_TIMEOUT), ("trio", "anyio.fail_after(1.0) block"),
                  ("trio", CMD_T), ("trio", RUN_T)],
-                {"asyncio": ASYNCIO_TIMEOUT, "trio": "trio.fail_after(1.0) block"}),
-        Section("4. a call rejected by an open circuit (exception caught)",
-                [("asyncio", BARE), ("asyncio", OPEN), ("asyncio", TRIPPED), *opened,
-                 ("trio", BARE), ("trio", OPEN), ("trio", TRIPPED)], bare),
+                {"asyncio": ASYNCIO_TIMEOUT, "trio": TRIO_TIMEOUT}),
+        Section("4. a call rejected by an open circuit (caught; a refusal yields once)",
+                [("asyncio", CHECKPOINT), ("asyncio", OPEN), ("asyncio", TRIPPED), *opened,
+                 ("trio", CHECKPOINT), ("trio", OPEN), ("trio", TRIPPED)], checkpoint),
         Section("5. peers and raw primitives (asyncio), same run",
                 [("asyncio", BARE), ("asyncio", ASYNCIO_TIMEOUT),
                  ("asyncio", "anyio.fail_after(1.0) block"),
                  ("asyncio", "asyncio.Semaphore(10) block"),
                  ("asyncio", "asyncio Semaphore + timeout (hand-rolled)"), *peers,
-                 ("asyncio", CMD_NONE), ("asyncio", CMD_T)], {"asyncio": CMD_T}),
-        Section("6. sync path: plain def called from sync code (resilience hops to a thread)",
-                [("sync", n) for n in (BARE_SYNC, PYBREAKER, EXECUTOR, SYNC_T, SYNC_NONE,
-                                       RUN_SYNC)], {"sync": EXECUTOR}),
+                 ("asyncio", CMD_NONE), ("asyncio", CMD_T)], {"asyncio": CMD_NONE}),
+        Section("6. sync path: plain def called from sync code (timeout=None: caller's thread)",
+                [("sync", n) for n in (BARE_SYNC, PYBREAKER, EXECUTOR, SYNC_NONE, SYNC_T,
+                                       RUN_SYNC)], {"sync": PYBREAKER}),
+        Section("7. scale: names in rotation (asyncio, timeout=None)",
+                [("asyncio", n) for n in (BARE, SCALE_CMD_1, SCALE_CMD, SCALE_RUN)],
+                {"asyncio": SCALE_CMD_1}),
+        Section("8. scale: buckets (asyncio; statistics() from sync code)",
+                [*[("asyncio", n) for n in (BARE, FAIL_10, FAIL_1000, STEADY_10, SPARSE_10,
+                                            STEADY_1000, SPARSE_1000)],
+                 ("sync", STATS_10), ("sync", STATS_1000)],
+                {"asyncio": STEADY_10, "sync": STATS_10}),
     ]
 
 
@@ -264,59 +477,99 @@ def _median(results: Results, key: Key, best: bool = False) -> float | None:
 def _print_section(section: Section, results: Results) -> None:
     refs = ", ".join(f"{b}: {n}" for b, n in section.ref.items())
     print(f"\n{section.title}\n   x ref = ratio to {refs}; min..max = fastest and slowest sample")
-    print(f"   {'case':<44}{'backend':<9}{'µs/call':>9}{'min..max':>17}{'+µs bare':>10}"
+    print(f"   {'case':<48}{'backend':<9}{'µs/call':>9}{'min..max':>17}{'+µs bare':>10}"
           f"{'x ref':>8}")
     for backend, name in section.rows:
         res = results.get((backend, name), "not measured")
         if isinstance(res, str):
-            print(f"   {name:<44}{backend:<9}  skipped: {res[:70]}")
+            print(f"   {name:<48}{backend:<9}  skipped: {res[:70]}")
             continue
         bare = _median(results, (backend, BARE_SYNC if backend == "sync" else BARE))
         ref = _median(results, (backend, section.ref.get(backend, "")))
         over = f"{(res.median_ns - bare) / 1000:+.3f}" if bare is not None else "-"
         ratio = f"{res.median_ns / ref:.2f}" if ref else "-"
         spread = f"{_us(res.min_ns)}..{_us(res.max_ns)}"
-        print(f"   {name:<44}{backend:<9}{_us(res.median_ns):>9}{spread:>17}{over:>10}"
+        print(f"   {name:<48}{backend:<9}{_us(res.median_ns):>9}{spread:>17}{over:>10}"
               f"{ratio:>8}")
 
 
+@dataclass(frozen=True)
+class Target:
+    """``case`` compared with ``ref`` (both ``(backend, name)``): ``over`` in µs, or ``ratio``
+    (``limit`` inclusive unless ``strict``)."""
+
+    label: str
+    case: Key
+    ref: Key
+    mode: str  # "over" | "ratio"
+    limit: float
+    strict: bool = False
+
+    def value(self, results: Results, best: bool) -> float | None:
+        m, r = _median(results, self.case, best), _median(results, self.ref, best)
+        if m is None or not r:
+            return None
+        return (m - r) / 1000 if self.mode == "over" else m / r
+
+
+def _fastest(results: Results, keys: Sequence[Key]) -> Key:
+    measured = [k for k in keys if _median(results, k) is not None]
+    return min(measured, key=lambda k: _median(results, k) or 0.0) if measured else keys[0]
+
+
+def _target_list(results: Results) -> list[Target]:
+    breakers = [("asyncio", p.label) for p in _peers.PEERS if p.breaker_only]
+    interlock_open = ("asyncio", "interlock-cb rejected (open)")
+    out: list[Target] = []
+    for b in ("asyncio", "trio"):
+        out += [Target(f"{b}: {n} - bare await", (b, n), (b, BARE), "over", 0.5)
+                for n in (CMD_NONE, RUN_NONE)]
+    fastest = _fastest(results, breakers)
+    out.append(Target(f"{CMD_NONE} / fastest breaker-only peer ({fastest[1]})",
+                      ("asyncio", CMD_NONE), fastest, "ratio", 1.0, strict=True))
+    out += [Target(f"{n} / asyncio.timeout block", ("asyncio", n), ("asyncio", ASYNCIO_TIMEOUT),
+                   "ratio", 0.75) for n in (CMD_T, RUN_T)]
+    for b in ("asyncio", "trio"):
+        out += [Target(f"{b}: {n} - bare checkpoint", (b, n), (b, CHECKPOINT), "over", 1.0)
+                for n in (OPEN, TRIPPED)]
+    out += [Target(f"{n} / interlock-cb rejected (open)", ("asyncio", n), interlock_open,
+                   "ratio", 1.0, strict=True) for n in (OPEN, TRIPPED)]
+    out.append(Target(f"{SYNC_NONE} - bare f()", ("sync", SYNC_NONE), ("sync", BARE_SYNC),
+                      "over", 3.0))
+    out += [
+        Target(f"scale: {SCALE_RUN} / {SCALE_CMD}", ("asyncio", SCALE_RUN),
+               ("asyncio", SCALE_CMD), "ratio", 1.5),
+        Target(f"scale: {SCALE_CMD} / 1 name", ("asyncio", SCALE_CMD), ("asyncio", SCALE_CMD_1),
+               "ratio", 2.5),
+        Target("scale: failure path, buckets 1000 / 10", ("asyncio", FAIL_1000),
+               ("asyncio", FAIL_10), "ratio", 1.5),
+        Target("scale: statistics(), buckets 1000 / 10", ("sync", STATS_1000), ("sync", STATS_10),
+               "ratio", 1.5),
+        Target("scale: sparse / steady calls, buckets=10", ("asyncio", SPARSE_10),
+               ("asyncio", STEADY_10), "ratio", 2.0),
+        Target("scale: sparse / steady calls, buckets=1000", ("asyncio", SPARSE_1000),
+               ("asyncio", STEADY_1000), "ratio", 2.0),
+    ]
+    return out
+
+
 def _targets(results: Results) -> list[tuple[str, str, str, str]]:
-    """(verdict, target, measured, limit) per target of issue 2 (asyncio), judged on medians.
+    """(verdict, target, measured, limit) per target, judged on medians.
 
     The measured text also gives the figure from the fastest samples ("best"): on a busy
     machine noise only ever adds time, so a MISS whose best figure passes is worth a rerun.
     """
-
-    def overhead(name: str, best: bool) -> float | None:
-        m = _median(results, ("asyncio", name), best)
-        bare = _median(results, ("asyncio", BARE), best)
-        return None if m is None or bare is None else (m - bare) / 1000
-
-    def vs_timeout(name: str, best: bool) -> float | None:
-        m = _median(results, ("asyncio", name), best)
-        ref = _median(results, ("asyncio", ASYNCIO_TIMEOUT), best)
-        return None if m is None or not ref else m / ref
-
-    def cost(name: str, best: bool) -> float | None:
-        m = _median(results, ("asyncio", name), best)
-        return None if m is None else m / 1000
-
-    Metric = Callable[[str, bool], float | None]
-    specs: list[tuple[str, str, Metric, str, float]] = [
-        *[(n, f"{n}: overhead over bare await", overhead, "µs", 1.0) for n in (CMD_NONE, RUN_NONE)],
-        *[(n, f"{n} / asyncio.timeout block", vs_timeout, "x", 1.5) for n in (CMD_T, RUN_T)],
-        *[(n, f"{n}: cost per call", cost, "µs", 1.5) for n in (OPEN, TRIPPED)],
-    ]
     out: list[tuple[str, str, str, str]] = []
-    for name, label, metric, unit, limit in specs:
-        value, best = metric(name, False), metric(name, True)
+    for t in _target_list(results):
+        value, best = t.value(results, False), t.value(results, True)
+        fmt = "{:+.3f} µs" if t.mode == "over" else "{:.2f}x"
+        limit = f"{'<' if t.strict else '<='} {fmt.format(t.limit)}"
         if value is None or best is None:
-            out.append(("n/a", label, "not measured", f"<= {limit} ({unit})"))
+            out.append(("n/a", t.label, "not measured", limit))
             continue
-        fmt = "{:.3f} µs" if unit == "µs" else "{:.2f}x"
-        verdict = "PASS" if value <= limit else "MISS"
-        out.append((verdict, label, f"{fmt.format(value)} (best {fmt.format(best)})",
-                    f"<= {fmt.format(limit)}"))
+        ok = value < t.limit if t.strict else value <= t.limit
+        out.append(("PASS" if ok else "MISS", t.label,
+                    f"{fmt.format(value)} (best {fmt.format(best)})", limit))
     return out
 
 
@@ -353,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.commands_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="3 short repeats per case instead of 7 (a smoke run, noisier)")
+                        help="3 short repeats per case instead of 11 (a smoke run, noisier)")
     args, _ = parser.parse_known_args(argv)  # `python -m bench` passes its args to every bench
     settings = Settings(repeats=3, target_s=0.008) if args.quick else Settings()
     print("== resilience command benchmark ==")
@@ -371,15 +624,18 @@ def main(argv: Sequence[str] | None = None) -> None:
           "compare ratios within one run, rerun on a quiet machine for absolute numbers)")
     for section in _sections():
         _print_section(section, results)
-    print("\ntargets (issue 2, asyncio):")
+    print("\ntargets (judged on medians; 'best' = from the fastest samples):")
     for verdict, target, measured, limit in _targets(results):
-        print(f"   {verdict:<5} {target:<67} {measured:<26} {limit}")
-    sync_t = _median(results, ("sync", SYNC_T))
+        print(f"   {verdict:<5} {target:<86} {measured:<30} {limit}")
+    for n in (CMD_T, RUN_T):  # no target on trio: the figure, for the record
+        m, ref = _median(results, ("trio", n)), _median(results, ("trio", TRIO_TIMEOUT))
+        if m is not None and ref:
+            print(f"   info  trio: {n} = {m / ref:.2f}x {TRIO_TIMEOUT}")
+    sync_none = _median(results, ("sync", SYNC_NONE))
     for ref in (PYBREAKER, EXECUTOR):
         base = _median(results, ("sync", ref))
-        if sync_t is not None and base:
-            print(f"   info  {SYNC_T} = {sync_t / base:.2f}x {ref}")
-
+        if sync_none is not None and base:
+            print(f"   info  {SYNC_NONE} = {sync_none / base:.2f}x {ref}")
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's bench/
 
 from bench import commands_bench, pool_bench
-from bench._harness import AsyncCase
+from bench._harness import AsyncCase, Result, SyncCase
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,30 @@ from bench._harness import AsyncCase
 async def test_command_cases_check_and_run(case: AsyncCase) -> None:
     loop = await case.setup()
     await loop(50)
+
+
+@pytest.mark.parametrize(
+    "case", commands_bench._scale_async_cases(names=30), ids=lambda case: case.name
+)
+async def test_command_scale_cases_check_and_run(case: AsyncCase) -> None:
+    loop = await case.setup()  # (30 names, not 10,000: the same code, cheaply)
+    await loop(50)
+
+
+@pytest.mark.parametrize("case", commands_bench._scale_sync_cases(), ids=lambda case: case.name)
+def test_statistics_scale_cases_check_and_run(case: SyncCase) -> None:
+    case.setup()(20)
+
+
+def test_targets_cover_every_case_and_judge() -> None:
+    """Every target names measured rows; fake results give one verdict per target."""
+    rows = {key for section in commands_bench._sections() for key in section.rows}
+    fake: dict[tuple[str, str], Result | str] = {
+        key: Result(key[1], key[0], 1000.0, 900.0, 1100.0, 1) for key in rows
+    }
+    targets = commands_bench._target_list(fake)
+    assert {key for t in targets for key in (t.case, t.ref)} <= rows
+    assert {v for v, *_ in commands_bench._targets(fake)} <= {"PASS", "MISS"}
 
 
 @pytest.mark.parametrize(("timeout", "via_run"), [(1.0, False), (None, False), (1.0, True)])
