@@ -58,6 +58,7 @@ __all__ = [
     "chain",
     "coroutine_caller",
     "failed",
+    "fallback_failed",
     "finish",
     "in_cancel_scope",
     "judge",
@@ -405,10 +406,15 @@ async def call_fallback(core: CircuitCore, fallback: Fallback, error: Exception)
         if inspect.isawaitable(value):
             value = await value
     except Exception as exc:
-        chain(exc, error)
-        core.lock.run(core.record_fallback, False)
+        fallback_failed(core, exc, error)
         raise
     finally:
         del error
     core.lock.run(core.record_fallback, True)
     return value
+
+
+def fallback_failed(core: CircuitCore, exc: Exception, error: Exception) -> None:
+    """The fallback given ``error`` raised ``exc``: chain it to ``error`` and count it."""
+    chain(exc, error)
+    core.lock.run(core.record_fallback, False)

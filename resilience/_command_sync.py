@@ -34,10 +34,10 @@ from ._command import (
     admit,
     admit_now,
     call_fallback,
-    chain,
     dequeue,
     enqueue,
     failed,
+    fallback_failed,
     finish,
     judge,
     settle,
@@ -330,8 +330,7 @@ def _fallback_sync(core: CircuitCore, fallback: Fallback, error: Exception) -> A
                 "use a plain function as fallback for plain def commands"
             )
     except Exception as exc:
-        chain(exc, error)
-        core.lock.run(core.record_fallback, False)
+        fallback_failed(core, exc, error)
         raise
     finally:
         del error

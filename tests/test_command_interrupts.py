@@ -65,6 +65,19 @@ def assert_intact(reg: resilience.Registry, name: str, where: str) -> None:
     assert core.in_flight == 0, f"slot lost after an interrupt {where}"
 
 
+def judge(reg: resilience.Registry, name: str, n: int, problems: list[str]) -> None:
+    """Record what an interrupt at library line ``n`` left behind, then repair it so the
+    next position is judged on its own."""
+    try:
+        assert_intact(reg, name, f"at library line {n}")
+    except AssertionError as exc:
+        problems.append(str(exc))
+        core = core_of(reg, name)
+        if core.lock.locked():
+            core.lock.give(True)
+        core.in_flight = 0
+
+
 async def settled(reg: resilience.Registry, name: str) -> None:
     """Wait (bounded) for a worker thread that outlived its interrupted caller."""
     core = core_of(reg, name)
@@ -96,14 +109,7 @@ def sync_positions(
         finally:
             sys.settrace(None)
         settled_sync(reg, name)
-        try:
-            assert_intact(reg, name, f"at library line {n}")
-        except AssertionError as exc:
-            problems.append(str(exc))
-            core = core_of(reg, name)
-            if core.lock.locked():
-                core.lock.give(True)
-            core.in_flight = 0
+        judge(reg, name, n, problems)
         if not inject.fired:
             return n, problems
         call()  # the next call works
@@ -124,14 +130,7 @@ async def async_positions(
         finally:
             sys.settrace(None)
         await settled(reg, name)
-        try:
-            assert_intact(reg, name, f"at library line {n}")
-        except AssertionError as exc:
-            problems.append(str(exc))
-            core = core_of(reg, name)
-            if core.lock.locked():
-                core.lock.give(True)
-            core.in_flight = 0
+        judge(reg, name, n, problems)
         if not inject.fired:
             return n, problems
         await call()
