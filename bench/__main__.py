@@ -1,4 +1,5 @@
-"""``python -m bench [--quick]``: the command, scale, worker-pool and TLS benchmarks."""
+"""``python -m bench [--quick]``: the command, scale, worker-pool, TLS and rate-limiter
+benchmarks."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def main() -> None:
     pool_bench.main()
     print()
     importlib.import_module("bench.tls_bench").main()
+    print()
+    importlib.import_module("bench.limiter_bench").main()
 
 
 if __name__ == "__main__":

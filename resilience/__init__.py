@@ -1,6 +1,6 @@
 """resilience: keep a service alive when what it depends on misbehaves.
 
-Commands (timeout + bulkhead + circuit breaker + fallback), a bounded worker pool,
+Commands (timeout + bulkhead + circuit breaker + fallback + retry), a bounded worker pool,
 hardened TLS helpers (``resilience.tls``) and Prometheus metrics (``resilience.metrics``),
 on anyio: the same code runs on asyncio and trio.
 """
@@ -22,12 +22,15 @@ from ._errors import (
     PoolClosedError,
     PoolError,
     PoolFullError,
+    RateLimitedError,
     ResilienceError,
 )
 from ._events import Event, RetryScheduled, StateChange
+from ._limiter import RateLimiter
 from ._pool import WorkerPool
 from ._pool_job import JobHandle, PoolStatistics
 from ._registry import Registry, default_registry
+from ._retry import Retry
 from ._rolling import CircuitStatistics
 
 try:
@@ -70,8 +73,11 @@ __all__ = [
     "PoolError",
     "PoolFullError",
     "PoolStatistics",
+    "RateLimitedError",
+    "RateLimiter",
     "Registry",
     "ResilienceError",
+    "Retry",
     "RetryScheduled",
     "StateChange",
     "WorkerPool",

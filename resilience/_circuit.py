@@ -29,6 +29,7 @@ from ._outcomes import (
     FALLBACK_OK,
     IGNORED,
     REJECTED,
+    RETRIES,
     SHORT_CIRCUITED,
     SUCCESS,
 )
@@ -84,8 +85,8 @@ class CircuitCore:
     __slots__ = (
         "__weakref__", "bus", "calls", "clock", "config", "count_rejections", "duration",
         "events", "failed_if", "fast_gen", "gen", "ignore", "in_flight", "limit", "lock",
-        "max", "max_wait", "name", "open_until", "opened_at", "refused", "series", "state",
-        "threads", "timeout", "trial_at", "trial_busy", "waiters", "window",
+        "max", "max_wait", "name", "open_until", "opened_at", "refused", "retry", "series",
+        "state", "threads", "timeout", "trial_at", "trial_busy", "waiters", "window",
     )
 
     def __init__(
@@ -170,6 +171,7 @@ class CircuitCore:
         self.timeout = config.timeout
         self.max_wait = config.max_wait
         self.failed_if = config.failed_if
+        self.retry = config.retry
         self.ignore = config.ignore_exceptions
         self.count_rejections = config.count_rejections
         self.open_until = self.opened_at + config.sleep_window
@@ -353,6 +355,27 @@ class CircuitCore:
     def record_fallback(self, ok: bool) -> None:
         self.series.fallbacks[0 if ok else 1] += 1
         self.window.add(self.clock(), FALLBACK_OK if ok else FALLBACK_FAILED)
+
+    # -- retries (lock held) --------------------------------------------------------------------
+
+    def take_retry(self, budget: float | None, per_second: float) -> bool:
+        """Grant one retry if the budget allows it: retries over the rolling window may add
+        at most ``budget`` times the window's first attempts, plus ``per_second`` per second
+        of window (a floor for quiet commands). O(1): the window keeps running totals."""
+        if budget is None:
+            return True
+        now = self.clock()
+        totals = self.window.roll(now)
+        requests, _ = health(totals, self.count_rejections)
+        retries = totals[RETRIES]
+        first = max(requests - retries, 0)
+        if retries + 1 > budget * first + per_second * self.config.rolling_window:
+            return False
+        self.window.add(now, RETRIES)
+        return True
+
+    def count_retry(self, outcome: int) -> None:
+        self.series.retries[outcome] += 1
 
     def take_events(self) -> list[StateChange] | None:
         """The events queued since the last call (lock held); publish them after release."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from functools import partial
@@ -22,31 +23,37 @@ from typing import Any
 
 import anyio
 
+from ._admission import REFUSALS, admit, admit_now, dequeue, enqueue
 from ._backend import wait_future
 from ._circuit import NEED_WAITER, REFUSED, CircuitCore, publish
 from ._circuit import timer as _timer
-from ._command import (
-    FALLBACK,
-    REFUSALS,
-    Expired,
-    Fallback,
-    Verdict,
-    admit,
-    admit_now,
-    call_fallback,
-    dequeue,
-    enqueue,
-    failed,
-    fallback_failed,
-    finish,
-    judge,
-    settle,
-)
+from ._command import retry_async
 from ._errors import FailedResultError
 from ._outcomes import SUCCESS
+from ._settle import (
+    FALLBACK,
+    RAISE,
+    REFUSAL,
+    Expired,
+    Failed,
+    Fallback,
+    Owed,
+    Verdict,
+    call_fallback,
+    conclude,
+    fallback_failed,
+    finish,
+    give_back,
+    judge,
+    next_delay,
+    retried,
+    settle,
+)
 from ._threads import ThreadPool
 
 __all__ = ["call_async", "call_sync"]
+
+_INF = float("inf")
 
 # phases of a threaded call
 _DONE, _NOT_ADMITTED, _ADMITTED, _SHARED, _DROPPED = range(-1, 4)
@@ -111,12 +118,34 @@ def _submit(
 
 
 def _unshare(slot: SharedSlot, fut: Future[Any] | None) -> None:
-    """An interrupted caller lets go of a slot it was sharing (or about to share)."""
-    if fut is None:
-        slot.drop()  # no thread was started: both shares are ours
-    elif not slot.handed:
-        fut.add_done_callback(slot.drop)  # started, but its share was not handed over yet
+    """An interrupted caller lets go of a slot it was sharing (or about to share).
+
+    Idempotent (an interrupt may land in here, and the caller's outer handler call it again):
+    ``handed`` is set on the line that hands the thread's share over, ``mine`` likewise."""
+    if not slot.handed:
+        if fut is None:  # no thread was started: both shares are ours
+            slot.drop(); slot.handed = True  # noqa: E702
+        else:  # started, but its share was not handed over yet
+            fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
     slot.drop_mine()
+
+
+def _let_go(
+    core: CircuitCore,
+    phase: int,
+    gen: int,
+    ticket: list[int],
+    slot: SharedSlot | None,
+    fut: Future[Any] | None,
+    owed: Owed,
+) -> None:
+    """An interrupt landed outside the inner handler: give back what the call still holds."""
+    if phase == _SHARED and slot is not None:
+        _unshare(slot, fut)
+    elif phase == _ADMITTED:
+        give_back(core, gen, ticket, owed)
+    elif phase == _NOT_ADMITTED and ticket:
+        give_back(core, ticket[0], ticket, owed)  # interrupted in admission after it took one
 
 
 def _close_late(fut: Future[Any]) -> None:
@@ -152,51 +181,67 @@ async def call_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     fallback: Fallback | None,
+    report: bool = False,
 ) -> Any:
-    """Run a non-coroutine callable in a worker thread, awaiting it from async code."""
+    """Run a non-coroutine callable in a worker thread, awaiting it from async code.
+
+    ``report``: an attempt of a retry loop (see ``coroutine_caller``)."""
     phase = _NOT_ADMITTED
-    slot = fut = started = None
+    slot = fut = started = owed = None
     gen = REFUSED
     ticket: list[int] = []
-    try:
-        gen = await admit(core, ticket); phase = _ADMITTED  # noqa: E702
-        slot = SharedSlot(core); phase = _SHARED  # noqa: E702
-        fut = _submit(core, fn, args, kwargs)
-        fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
-        timeout = core.timeout
-        started = _timer()
-        if timeout is None:
-            result = await wait_future(fut)
-            if inspect.isawaitable(result):
-                result = await result
-        else:
-            with anyio.move_on_after(timeout) as scope:
+    try:  # (the outer handler: for an interrupt landing in the inner one, or after it)
+        try:
+            gen = await admit(core, ticket); phase = _ADMITTED  # noqa: E702
+            slot = SharedSlot(core); phase = _SHARED  # noqa: E702
+            fut = _submit(core, fn, args, kwargs)
+            fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
+            timeout = core.timeout
+            started = _timer()
+            if timeout is None:
                 result = await wait_future(fut)
                 if inspect.isawaitable(result):
                     result = await result
-            if scope.cancelled_caught:
-                fut.add_done_callback(_close_late)
-                raise Expired(timeout, scope.deadline)
-        slot.drop_mine(); phase = _DROPPED  # noqa: E702
-        if core.failed_if is not None:
-            judge(core.failed_if, result)
-        finish(core, gen, SUCCESS, _timer() - started, release=False)
-        return result
-    except BaseException as exc:
-        if phase == _SHARED and slot is not None:
-            _unshare(slot, fut)
-        if phase == _NOT_ADMITTED and ticket:
-            phase, gen = _ADMITTED, ticket[0]  # interrupted in admit() after it took a slot
-        if phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS)):
-            raise
-        error = exc
-    try:
-        if phase == _NOT_ADMITTED:
-            assert fallback is not None and isinstance(error, Exception)
-            return await call_fallback(core, fallback, error)
-        return await failed(core, gen, error, started, fallback, release=phase == _ADMITTED)
-    finally:
-        del error
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    result = await wait_future(fut)
+                    if inspect.isawaitable(result):
+                        result = await result
+                if scope.cancelled_caught:
+                    fut.add_done_callback(_close_late)
+                    raise Expired(timeout, scope.deadline)
+            slot.drop_mine(); phase = _DROPPED  # noqa: E702
+            if core.failed_if is not None:
+                judge(core.failed_if, result)
+            finish(core, gen, SUCCESS, _timer() - started, None)
+            return result
+        except BaseException as exc:
+            if phase == _SHARED and slot is not None:
+                _unshare(slot, fut)
+            if phase == _NOT_ADMITTED and ticket:
+                phase, gen = _ADMITTED, ticket[0]  # interrupted in admit() after it took a slot
+            if phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS)):
+                raise
+            error = exc
+        owed = [gen] if phase == _ADMITTED else None  # the slot, until finish() gives it back
+        try:
+            if phase == _NOT_ADMITTED:
+                assert fallback is not None and isinstance(error, Exception)
+                return await call_fallback(core, fallback, error)
+            action, error = await conclude(core, gen, error, started, owed)
+            if report:
+                return Failed(action, error)
+            attempt = partial(_attempt_async, core, fn)
+            return await retry_async(core, attempt, args, kwargs, action, error, fallback)
+        finally:
+            del error
+    except BaseException:
+        _let_go(core, phase, gen, ticket, slot, fut, owed)
+        raise
+
+
+def _attempt_async(core: CircuitCore, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return call_async(core, fn, args, kwargs, None, True)
 
 
 # -- from sync code --------------------------------------------------------------------------------
@@ -244,77 +289,148 @@ def call_sync(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     fallback: Fallback | None,
+    report: bool = False,
 ) -> Any:
-    """Run the plain function ``fn`` through ``core`` from sync code."""
+    """Run the plain function ``fn`` through ``core`` from sync code.
+
+    ``report``: an attempt of a retry loop (returns a ``Failed``, raises refusals)."""
     lock = core.lock
     phase = _NOT_ADMITTED
-    held = slot = fut = started = None
+    held = slot = fut = started = owed = None
     gen = REFUSED
     ticket: list[int] = []
     timeout = core.timeout
-    try:
+    try:  # (the outer handler: for an interrupt landing in the inner one, or after it)
         try:
-            held = lock.take()
-        except IndexError:
-            held = lock.acquire()
-        if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
-            # one line: an interrupt lands before or after all of it (see the module doc)
-            core.in_flight += 1; gen = core.gen; held = lock.give(True); phase = _ADMITTED  # noqa: E702
-        else:
+            try:
+                held = lock.take()
+            except IndexError:
+                held = lock.acquire()
+            if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
+                # one line: an interrupt lands before or after all of it (see the module doc)
+                core.in_flight += 1; gen = core.gen; held = lock.give(True); phase = _ADMITTED  # noqa: E702
+            else:
+                held = lock.give(True)
+                gen = _admit_sync(core, ticket); phase = _ADMITTED  # noqa: E702
+            started = _timer()
+            if timeout is None:
+                result = fn(*args, **kwargs)  # in this thread
+            else:
+                slot = SharedSlot(core); phase = _SHARED  # noqa: E702
+                fut = _submit(core, fn, args, kwargs)
+                fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
+                if not wait((fut,), timeout).done:  # (no try statement: see the module doc)
+                    fut.add_done_callback(_close_late)
+                    raise Expired(timeout, 0.0)
+                slot.drop_mine(); phase = _DROPPED  # noqa: E702
+                result = fut.result()
+            _not_awaitable(core, result)
+            if core.failed_if is not None:
+                judge(core.failed_if, result)
+            duration = _timer() - started
+            if phase == _DROPPED:
+                finish(core, gen, SUCCESS, duration, None)
+                return result
+            held = lock.acquire()  # (not take(): a nested try's own line is outside the handler)
+            core.release(); phase = _DONE  # noqa: E702
+            core.record(gen, SUCCESS, duration)
+            events = core.take_events()
             held = lock.give(True)
-            gen = _admit_sync(core, ticket); phase = _ADMITTED  # noqa: E702
-        started = _timer()
-        if timeout is None:
-            result = fn(*args, **kwargs)  # in this thread
-        else:
-            slot = SharedSlot(core); phase = _SHARED  # noqa: E702
-            fut = _submit(core, fn, args, kwargs)
-            fut.add_done_callback(slot.drop); slot.handed = True  # noqa: E702
-            if not wait((fut,), timeout).done:  # (no try statement: see the module doc)
-                fut.add_done_callback(_close_late)
-                raise Expired(timeout, 0.0)
-            slot.drop_mine(); phase = _DROPPED  # noqa: E702
-            result = fut.result()
-        _not_awaitable(core, result)
-        if core.failed_if is not None:
-            judge(core.failed_if, result)
-        duration = _timer() - started
-        if phase == _DROPPED:
-            finish(core, gen, SUCCESS, duration, release=False)
+            if events:
+                publish(core, events)
             return result
-        held = lock.acquire()  # (not take(): a nested try's own line is outside the handler)
-        core.release(); phase = _DONE  # noqa: E702
-        core.record(gen, SUCCESS, duration)
-        events = core.take_events()
-        held = lock.give(True)
-        if events:
-            publish(core, events)
-        return result
-    except BaseException as exc:
+        except BaseException as exc:
+            if held:
+                held = lock.give(True)
+            if phase == _SHARED and slot is not None:
+                _unshare(slot, fut)
+            if phase == _NOT_ADMITTED and ticket:
+                phase, gen = _ADMITTED, ticket[0]  # interrupted in admit() after it took a slot
+            if phase == _DONE or (
+                phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS))
+            ):
+                raise
+            error = exc
+        owed = [gen] if phase == _ADMITTED else None  # the slot, until finish() gives it back
+        # (one-line try: a ``try:`` line of its own is outside the outer handler)
+        try: return _after_failure(core, fn, args, kwargs, phase, gen, error, started, fallback, owed, report)  # noqa: E501, E701
+        finally: del error  # noqa: E701
+    except BaseException:
         if held:
-            lock.give(True)
-        if phase == _SHARED and slot is not None:
-            _unshare(slot, fut)
-        if phase == _NOT_ADMITTED and ticket:
-            phase, gen = _ADMITTED, ticket[0]  # interrupted in admit() after it took a slot
-        if phase == _DONE or (
-            phase == _NOT_ADMITTED and (fallback is None or not isinstance(exc, REFUSALS))
-        ):
-            raise
-        error = exc
+            held = lock.give(True)
+        _let_go(core, phase, gen, ticket, slot, fut, owed)
+        raise
+
+
+def _after_failure(
+    core: CircuitCore,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    phase: int,
+    gen: int,
+    error: BaseException,
+    started: float | None,
+    fallback: Fallback | None,
+    owed: Owed,
+    report: bool,
+) -> Any:
+    """``call_sync`` did not succeed: count it, then fall back, report or retry."""
+    if phase == _NOT_ADMITTED:
+        assert fallback is not None and isinstance(error, Exception)
+        return _fallback_sync(core, fallback, error)
+    elapsed = None if started is None else _timer() - started
+    action, outcome = settle(core, gen, error, elapsed, owed)
+    del error
+    if report:
+        return Failed(action, outcome)
+    if action == FALLBACK and core.retry is not None:
+        return _retry_sync(core, fn, args, kwargs, action, outcome, fallback)
+    return _deliver_sync(core, action, outcome, fallback)
+
+
+def _deliver_sync(core: CircuitCore, action: int, error: Any, fallback: Fallback | None) -> Any:
+    """``deliver`` for sync callers."""
     try:
-        if phase == _NOT_ADMITTED:
-            assert fallback is not None and isinstance(error, Exception)
+        if action != RAISE and fallback is not None:
             return _fallback_sync(core, fallback, error)
-        elapsed = None if started is None else _timer() - started
-        action, err = settle(core, gen, error, elapsed, release=phase == _ADMITTED)
-        if action == FALLBACK and fallback is not None:
-            return _fallback_sync(core, fallback, err)
-        if action == FALLBACK and isinstance(err, FailedResultError):
-            return err.result
-        if err is error:
-            raise error
-        raise err from None
+        if action == FALLBACK and isinstance(error, FailedResultError):
+            return error.result
+        raise error
+    finally:
+        del error
+
+
+def _retry_sync(
+    core: CircuitCore,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    action: int,
+    error: Any,
+    fallback: Fallback | None,
+) -> Any:
+    """``retry_async`` for sync callers: the sleeps are ``time.sleep`` in this thread (sync
+    code has no deadline to respect)."""
+    policy = core.retry
+    number = 1
+    try:
+        while action == FALLBACK and policy is not None:
+            delay = next_delay(core, policy, number, error, _INF)
+            if delay < 0:
+                break
+            time.sleep(delay)
+            retried(core)
+            number += 1
+            try:
+                outcome = call_sync(core, fn, args, kwargs, None, True)
+            except REFUSALS as exc:  # the command's own refusal: never retried
+                action, error = REFUSAL, exc
+                break
+            if type(outcome) is not Failed:
+                return outcome
+            action, error = outcome.action, outcome.error
+        return _deliver_sync(core, action, error, fallback)
     finally:
         del error
 

@@ -13,8 +13,9 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._command import Fallback, coroutine_caller
+from ._command import coroutine_caller
 from ._command_sync import call_sync
+from ._settle import Fallback
 
 if TYPE_CHECKING:
     from ._circuit import CircuitCore

@@ -23,6 +23,7 @@ __all__ = [
     "PoolClosedError",
     "PoolError",
     "PoolFullError",
+    "RateLimitedError",
     "ResilienceError",
 ]
 
@@ -120,15 +121,17 @@ class MaxConcurrencyError(CommandError):
 class FailedResultError(CommandError):
     """The function returned a value that the command's ``failed_if`` marks as a failure.
 
-    Handed to the fallback; ``result`` is the value.
+    Handed to the fallback; ``result`` is the value. ``retry_after`` is a hint (seconds)
+    that the result carried, e.g. an HTTP ``Retry-After`` header, or ``None``.
     """
 
-    def __init__(self, command: str, *, result: Any) -> None:
+    def __init__(self, command: str, *, result: Any, retry_after: float | None = None) -> None:
         super().__init__(
             f"command {command!r}: the result {result!r:.200} is a failure (failed_if)",
             command=command,
         )
         self.result = result
+        self.retry_after = retry_after
 
 
 class CommandTimeoutError(CommandError, TimeoutError):
@@ -137,6 +140,27 @@ class CommandTimeoutError(CommandError, TimeoutError):
     def __init__(self, command: str, *, timeout: float) -> None:
         super().__init__(f"command {command!r} timed out after {timeout}s", command=command)
         self.timeout = timeout
+
+
+class RateLimitedError(ResilienceError):
+    """A rate limiter has no permit for this call within its ``max_wait``.
+
+    ``limiter`` is the limiter's name; ``retry_after`` the seconds until a permit is free.
+    """
+
+    def __init__(self, limiter: str, *, retry_after: float) -> None:
+        super().__init__(
+            f"rate limiter {limiter!r}: no permit available, retry after {retry_after:.3f}s"
+        )
+        self.limiter = limiter
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_limited, (self.limiter, self.retry_after))
+
+
+def _rebuild_limited(limiter: str, retry_after: float) -> RateLimitedError:
+    return RateLimitedError(limiter, retry_after=retry_after)
 
 
 class PoolError(ResilienceError):

@@ -194,13 +194,14 @@ class TLSSeries:
 
 
 class LimiterSeries:
-    """Lifetime counters of one rate limiter name (``decisions`` like ``DECISION_OUTCOMES``)."""
+    """Lifetime counters of one rate limiter name (``decisions`` like ``DECISION_OUTCOMES``).
+    Mutated under ``lock`` by the limiters of that name, which decide under it too."""
 
     __slots__ = ("decisions", "lock", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.lock = threading.Lock()
+        self.lock = TokenLock()  # taken once per decision on the hot path: see _lock
         self.decisions = [0] * len(DECISION_OUTCOMES)
 
 

@@ -1,8 +1,9 @@
 """The one outcome vocabulary of a command call, shared by every layer.
 
 The first seven are the outcomes of ``resilience_command_calls_total`` (in its label order);
-the rolling window also counts the two fallback outcomes. ``IGNORED`` and ``CANCELLED`` go
-to the lifetime metrics only, never to the rolling window.
+the rolling window also counts the two fallback outcomes and the retries it granted (for the
+retry budget). ``IGNORED`` and ``CANCELLED`` go to the lifetime metrics only, never to the
+rolling window.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "IGNORED",
     "KINDS",
     "REJECTED",
+    "RETRIES",
     "SHORT_CIRCUITED",
     "SUCCESS",
     "TIMEOUT",
@@ -31,11 +33,12 @@ __all__ = [
     CANCELLED,
     FALLBACK_OK,
     FALLBACK_FAILED,
-) = range(9)
+    RETRIES,
+) = range(10)
 
 #: Label values of ``resilience_command_calls_total``, by index.
 CALL_OUTCOMES = (
     "success", "failure", "timeout", "rejected", "short_circuited", "ignored", "cancelled",
 )
-#: How many kinds the rolling window counts (indexes 0..8).
-KINDS = 9
+#: How many kinds the rolling window counts (indexes 0..9).
+KINDS = 10

@@ -176,4 +176,49 @@ async def test_thread_path_from_async_code(reg: resilience.Registry) -> None:
     assert problems == []
 
 
+class Flaky:
+    """Fails every other call: with a retry policy each call fails once, then succeeds."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def sync(self) -> str:
+        self.calls += 1
+        if self.calls % 2:
+            raise ValueError("flaky")
+        return "ok"
+
+    async def __call__(self) -> str:
+        return self.sync()
+
+
+RETRY = resilience.Retry(attempts=3, backoff=0.0, budget=None)
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_coroutine_retry_path(reg: resilience.Registry, timeout: float | None) -> None:
+    reg.configure_command("ki", timeout=timeout, retry=RETRY, request_volume_threshold=10**6)
+    flaky = Flaky()
+    lines, problems = await async_positions(reg, "ki", lambda: reg.run("ki", flaky))
+    assert lines > 20
+    assert problems == []
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_sync_retry_path(reg: resilience.Registry, timeout: float | None) -> None:
+    reg.configure_command("ki", timeout=timeout, retry=RETRY, request_volume_threshold=10**6)
+    flaky = Flaky()
+    lines, problems = sync_positions(reg, "ki", lambda: reg.run_sync("ki", flaky.sync))
+    assert lines > 20
+    assert problems == []
+
+
+async def test_thread_retry_path_from_async_code(reg: resilience.Registry) -> None:
+    reg.configure_command("ki", timeout=30.0, retry=RETRY, request_volume_threshold=10**6)
+    flaky = Flaky()
+    lines, problems = await async_positions(reg, "ki", lambda: reg.run("ki", flaky.sync))
+    assert lines > 20
+    assert problems == []
+
+
 _DRIVERS = {sync_positions.__code__, async_positions.__code__}
