@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's bench/
 
-from bench import commands_bench, pool_bench
+from bench import asgi_bench, commands_bench, limiter_bench, pool_bench
 from bench._harness import AsyncCase, Result, SyncCase
 
 
@@ -74,3 +74,52 @@ async def test_pool_cases_run(case: pool_bench.Case) -> None:
 
 def test_pool_memory_child_reports_a_number() -> None:
     assert pool_bench.memory_peak("asyncio", 2_000) >= 0.0
+
+
+@pytest.mark.parametrize("case", asgi_bench.direct_cases(), ids=lambda case: case.name)
+async def test_asgi_direct_cases_run(case: AsyncCase) -> None:
+    loop = await case.setup()
+    await loop(50)
+
+
+def test_asgi_servers_serve_one_short_round() -> None:
+    """Both hypercorn children start, answer 200 through httpx and report their CPU (~1 s)."""
+    servers = {name: asgi_bench.Server(name, "asyncio") for name in asgi_bench.VARIANTS}
+    try:
+        results = anyio.run(asgi_bench.measure, servers, 1, 0.05, 2)
+    finally:
+        for server in servers.values():
+            server.close()
+    assert set(results) == set(asgi_bench.VARIANTS)
+    assert all(f.rps > 0 and f.cpu_us > 0 for f in results.values())
+
+
+@pytest.mark.parametrize("case", limiter_bench._resilience_cases(), ids=lambda case: case.name)
+async def test_limiter_cases_check_and_run(case: AsyncCase) -> None:
+    loop = await case.setup()
+    await loop(50)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # aiolimiter runs on asyncio only
+@pytest.mark.parametrize("case", limiter_bench._aiolimiter_cases(), ids=lambda case: case.name)
+async def test_limiter_peer_cases_check_and_run(case: AsyncCase) -> None:
+    loop = await case.setup()
+    await loop(50)
+
+
+async def test_limiter_waiting_runs_and_is_judged() -> None:
+    """The waiting section, small (64 permits at 20,000/s: a few ms), and one verdict per
+    target from fake results."""
+    with anyio.fail_after(30):
+        rates = await limiter_bench.measure_waiting(
+            {"resilience (asyncio)": limiter_bench._ours_waiting}, 64, 1)
+    assert all(isinstance(r, limiter_bench.Rates) and r.permits_s > 0 for r in rates.values())
+    rows = [key for pair in limiter_bench.PAIRS for key in pair]
+    fake: dict[tuple[str, str], Result | str] = {
+        ("asyncio", n): Result(n, "asyncio", 1000.0, 900.0, 1100.0, 1) for n in rows
+    }
+    waiting = {"resilience (asyncio)": limiter_bench.Rates(2.0, 1.0),
+               "aiolimiter": limiter_bench.Rates(1.0, 2.0)}
+    verdicts = limiter_bench._targets(fake, waiting)
+    assert len(verdicts) == len(limiter_bench.PAIRS) + 2
+    assert {v for v, *_ in verdicts} <= {"PASS", "MISS"}
