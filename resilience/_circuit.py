@@ -356,6 +356,14 @@ class CircuitCore:
         self.series.fallbacks[0 if ok else 1] += 1
         self.window.add(self.clock(), FALLBACK_OK if ok else FALLBACK_FAILED)
 
+    # -- slots kept past a call (lock held) ------------------------------------------------------
+
+    def pin(self) -> None:
+        """Keep one more slot, taken by a call that still holds its own (so no other call can
+        get in between): the httpx transport keeps a response's slot until it is closed.
+        Give it back with :meth:`release`."""
+        self.in_flight += 1
+
     # -- retries (lock held) --------------------------------------------------------------------
 
     def take_retry(self, budget: float | None, per_second: float) -> bool:

@@ -23,7 +23,7 @@ from ._events import Event, EventBus
 from ._exporter import Hub
 from ._names import check_name
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "core_of"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -272,3 +272,9 @@ class Registry:
 
 
 default_registry = Registry()
+
+
+def core_of(registry: Registry, name: str) -> CircuitCore:
+    """The state of command ``name`` (created if new), for the package's integrations
+    (``resilience.httpx`` keeps a response's slot until the response is closed)."""
+    return registry._core(name)
