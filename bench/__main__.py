@@ -26,6 +26,10 @@ def main() -> None:
     importlib.import_module("bench.tls_bench").main()
     print()
     importlib.import_module("bench.limiter_bench").main()
+    print()
+    importlib.import_module("bench.retry_bench").main()
+    print()
+    importlib.import_module("bench.asgi_bench").main()
 
 
 if __name__ == "__main__":

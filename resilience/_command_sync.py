@@ -419,7 +419,8 @@ def _retry_sync(
             delay = next_delay(core, policy, number, error, _INF)
             if delay < 0:
                 break
-            time.sleep(delay)
+            if delay:
+                time.sleep(delay)  # (``sleep(0)`` would cost a system call for nothing)
             retried(core)
             number += 1
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ Owed = list[int] | None
 RELEASED = -10
 
 _CancelledError = asyncio.CancelledError
+_retry_log = logging.getLogger("resilience.retry")
 
 #: What the caller of an attempt gets: raise the error as is; the error for the fallback
 #: (without one: raise it, or return a failed result's value); the command's own refusal.
@@ -272,6 +274,9 @@ def next_delay(core: CircuitCore, policy: Retry, attempt: int, error: Any, left:
         if delay >= left:
             outcome = RETRY_DEADLINE
         elif core.lock.run(core.take_retry, policy.budget, policy.min_retries_per_second):
+            if _retry_log.isEnabledFor(logging.DEBUG):
+                _retry_log.debug("command %r: attempt %d failed (%r), retrying in %.3fs",
+                                 core.name, attempt, error, delay)
             if core.bus.subscribers:
                 core.bus.publish(
                     RetryScheduled(command=core.name, attempt=attempt, delay=delay, error=error)

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's bench/
 
-from bench import asgi_bench, commands_bench, limiter_bench, pool_bench
-from bench._harness import AsyncCase, Result, SyncCase
+from bench import asgi_bench, commands_bench, limiter_bench, pool_bench, retry_bench
+from bench._harness import AsyncCase, Result, Settings, SyncCase
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,28 @@ async def test_limiter_waiting_runs_and_is_judged() -> None:
     verdicts = limiter_bench._targets(fake, waiting)
     assert len(verdicts) == len(limiter_bench.PAIRS) + 2
     assert {v for v, *_ in verdicts} <= {"PASS", "MISS"}
+
+
+@pytest.mark.parametrize("case", retry_bench.success_cases(), ids=lambda case: case.name)
+async def test_retry_success_cases_check_and_run(case: AsyncCase) -> None:
+    loop = await case.setup()
+    await loop(8)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # tenacity/stamina: asyncio here
+@pytest.mark.parametrize("case", retry_bench.flaky_cases(), ids=lambda case: case.name)
+async def test_retry_flaky_cases_check_and_run(case: AsyncCase) -> None:
+    loop = await case.setup()
+    await loop(8)
+
+
+@pytest.mark.parametrize("case", retry_bench.flaky_sync_cases(), ids=lambda case: case.name)
+def test_retry_sync_cases_check_and_run(case: SyncCase) -> None:
+    case.setup()(8)
+
+
+def test_retry_targets_are_judged() -> None:
+    results = retry_bench.measure(Settings(repeats=1, target_s=0.001))
+    verdicts = retry_bench.targets(results)
+    assert len(verdicts) == 6
+    assert all(v in ("PASS", "MISS") for v, _, _ in verdicts), verdicts

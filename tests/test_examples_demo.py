@@ -139,6 +139,8 @@ def test_the_verdict_passes_on_the_full_story() -> None:
     story = Story(s)
     for phase in ("healthy", "recovered"):
         story.answer(phase, Reply(1, live=True))
+    story.retries["degraded"] = 2
+    story.answer("degraded", Reply(1, live=True), retried=True)
     story.fallback_reasons["short-circuited"] = 5
     story.open_seen.add("down")
     story.transitions += [(9.5, "open", "down"), (14.5, "half_open", "recovered"),
@@ -148,6 +150,10 @@ def test_the_verdict_passes_on_the_full_story() -> None:
     out = io.StringIO()
     assert story.report(out, judge=True) is True, out.getvalue()
     assert "opened at 9.5s (down), closed at 14.5s (recovered)" in out.getvalue()
+    assert "2 retries (1 calls rescued)" in out.getvalue()
+    story.rescued.clear()  # retries rescued nothing while degraded: a failed check
+    assert story.report(io.StringIO(), judge=True) is False
+    story.rescued["degraded"] = 1
     story.errors["HTTP 503"] = 1  # a caller saw an error: no longer the promised story
     assert story.report(io.StringIO(), judge=True) is False
 

@@ -2,9 +2,9 @@
 
 A flaky HTTPS upstream (served by :func:`resilience.tls.serve_tls`) goes healthy -> degraded
 -> down -> recovered. Many tasks call it through ``@command("upstream")`` (timeout, bulkhead,
-breaker, fallback to the last good answer) and a :class:`~resilience.WorkerPool` processes a
-stream of jobs that call it too. ``/metrics`` is served the whole time; a live view shows the
-metrics once a second; the run ends with checks that the story happened (exit 1 if not).
+breaker, retries, fallback to the last good answer) and a :class:`~resilience.WorkerPool`
+processes a stream of jobs that call it too. ``/metrics`` is served the whole time; a live view
+shows the metrics once a second; the run ends with checks that the story happened (exit 1 if not).
 
 Run ``python -m examples.demo --help`` from the repository's root (or ``make demo``). Ctrl-C
 stops it cleanly (exit status 130).
@@ -13,6 +13,7 @@ stops it cleanly (exit status 130).
 from __future__ import annotations
 
 import argparse
+import contextvars
 import math
 import os
 import random
@@ -31,7 +32,7 @@ import httpx
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from resilience import WorkerPool, command, get_circuit, tls
+from resilience import Retry, RetryScheduled, WorkerPool, command, get_circuit, subscribe, tls
 from resilience.metrics import CIRCUIT_STATE, COMMAND_CALLS, start_metrics_server
 
 from .certs import write_certificates
@@ -83,8 +84,20 @@ class Options:
 def _make_fetch(
     http: httpx.AsyncClient, story: Story, opts: Options
 ) -> Callable[[], Awaitable[Reply]]:
-    """The ``upstream`` command: GET /quote, falling back to the last good quote."""
+    """The ``upstream`` command: GET /quote, retried twice, falling back to the last good
+    quote. Retries are counted per phase, and per call (a task-local counter that the
+    ``RetryScheduled`` subscriber bumps: events arrive in the task that retries)."""
     last_good = [Reply(quote=0, live=False)]
+    retries_of_call: contextvars.ContextVar[list[int]] = contextvars.ContextVar("retries")
+
+    def on_event(event: object) -> None:
+        if isinstance(event, RetryScheduled) and event.command == "upstream":
+            story.retries[story.schedule.current().name] += 1
+            counter = retries_of_call.get(None)
+            if counter is not None:
+                counter[0] += 1
+
+    subscribe(on_event)
 
     def fallback(exc: BaseException) -> Reply:
         story.fallback_reasons[reason(exc)] += 1
@@ -98,6 +111,8 @@ def _make_fetch(
         error_percent_threshold=50,
         sleep_window=opts.sleep_window,
         rolling_window=opts.rolling_window,
+        # each retry goes through the circuit: once it opens, retries stop at once
+        retry=Retry(attempts=3, backoff=0.02, max_backoff=0.2, jitter=0.5),
         fallback=fallback,
     )
     async def fetch() -> Reply:
@@ -109,12 +124,14 @@ def _make_fetch(
 
     async def call() -> Reply:
         phase = story.schedule.current().name
+        counter = [0]
+        retries_of_call.set(counter)
         try:
             reply = await fetch()
         except Exception as exc:  # the story says callers never see one
             story.errors[reason(exc)] += 1
             return Reply(quote=0, live=False)
-        story.answer(phase, reply)
+        story.answer(phase, reply, retried=counter[0] > 0)
         return reply
 
     return call

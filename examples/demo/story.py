@@ -50,6 +50,8 @@ class Story:
         )
         self.fallback_reasons: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
+        self.retries: collections.Counter[str] = collections.Counter()  # by phase
+        self.rescued: collections.Counter[str] = collections.Counter()  # live after a retry
         self.transitions: list[tuple[float, str, str]] = []  # (elapsed, new state, phase)
         self.open_seen: set[str] = set()  # phases during which the circuit was seen open
         self.final_state = "closed"
@@ -58,8 +60,10 @@ class Story:
         self.scrape: dict[str, float] = {}
         self.interrupted = False
 
-    def answer(self, phase: str, reply: Reply) -> None:
+    def answer(self, phase: str, reply: Reply, retried: bool = False) -> None:
         self.answers[phase]["live" if reply.live else "cache"] += 1
+        if retried and reply.live:
+            self.rescued[phase] += 1
 
     def _history(self) -> str:
         """The circuit's transitions in words; failed trials (half_open -> open) counted."""
@@ -109,6 +113,12 @@ class Story:
                 f"{errors} errors{': ' + ', '.join(self.errors) if errors else ''})",
             ),
             (
+                self.rescued["degraded"] > 0,
+                "retries absorbed errors while degraded "
+                f"({self.retries['degraded']} retries, {self.rescued['degraded']} calls answered "
+                "live after a retry instead of falling back)",
+            ),
+            (
                 bool(closed_after) and self.final_state == "closed" and rec_live > 0,
                 "the circuit closed again after recovery "
                 + (f"(at {closed_after[0]:.1f}s; " if closed_after else "(never; ")
@@ -132,7 +142,9 @@ class Story:
         w("\nsummary\n")
         for phase in self.schedule.phases:
             c = self.answers[phase.name]
-            w(f"  {phase.name:<10} {c['live']:6d} live answers {c['cache']:6d} cached answers\n")
+            w(f"  {phase.name:<10} {c['live']:6d} live answers {c['cache']:6d} cached answers "
+              f"{self.retries[phase.name]:6d} retries ({self.rescued[phase.name]} calls "
+              "rescued)\n")
         reasons = ", ".join(f"{k} {v}" for k, v in self.fallback_reasons.most_common()) or "none"
         w(f"  fallbacks by cause: {reasons}\n")
         w(f"  circuit 'upstream': {self._history()}\n")

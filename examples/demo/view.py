@@ -22,6 +22,7 @@ from resilience.metrics import (
     COMMAND_CALLS,
     COMMAND_DURATION,
     COMMAND_FALLBACKS,
+    COMMAND_RETRIES,
     POOL_JOBS,
     POOL_QUEUE_DEPTH,
     POOL_WORKERS_BUSY,
@@ -103,6 +104,7 @@ class CommandRow:
     fallbacks: float
     rejected: float
     short_circuited: float
+    retries: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class Tick:
                 fallbacks=rate(COMMAND_FALLBACKS, command=cmd),
                 rejected=rate(calls, command=cmd, outcome="rejected"),
                 short_circuited=rate(calls, command=cmd, outcome="short_circuited"),
+                retries=rate(COMMAND_RETRIES, command=cmd, outcome="retried"),
             ))
         pools = [
             PoolRow(
@@ -225,6 +228,7 @@ class LiveView:
                 f"{c.name}: {c.state:<9} {c.calls:6.0f} calls/s  err {c.error_percent:5.1f}%"
                 f"  p50 {_ms(c.p50)} p99 {_ms(c.p99)}  fallbacks {c.fallbacks:.0f}/s"
                 f"  rejected {c.rejected:.0f}/s  short-circuited {c.short_circuited:.0f}/s"
+                f"  retries {c.retries:.0f}/s"
             )
         for p in tick.pools:
             parts.append(
@@ -243,13 +247,14 @@ class LiveView:
             "",
             self._paint(_DIM, f"{'COMMAND':<10} {'STATE':<10} {'CALLS/S':>8} {'ERR%':>6} "
                         f"{'P50':>7} {'P99':>7} {'FALLBACK/S':>11} {'REJECT/S':>9} "
-                        f"{'SHORT/S':>8}"),
+                        f"{'SHORT/S':>8} {'RETRY/S':>8}"),
         ]
         for c in tick.commands:
             state = self._paint(_STATE_COLORS.get(c.state, ""), f"{c.state:<10}")
             lines.append(
                 f"{c.name:<10} {state} {c.calls:8.0f} {c.error_percent:6.1f} {_ms(c.p50):>7} "
                 f"{_ms(c.p99):>7} {c.fallbacks:11.0f} {c.rejected:9.0f} {c.short_circuited:8.0f}"
+                f" {c.retries:8.0f}"
             )
         lines += ["", self._paint(_DIM, f"{'POOL':<10} {'QUEUE':>6} {'BUSY':>6} {'JOBS/S':>8}")]
         for p in tick.pools:
