@@ -160,7 +160,8 @@ def coroutine_caller(
         except BaseException:
             if held:
                 held = give(True)
-            give_back(core, gen, ticket, owed)
+            if gen >= 0 or ticket:  # (a refusal holds nothing: no call on its path)
+                give_back(core, gen, ticket, owed)
             raise
 
     return call

@@ -2,7 +2,8 @@
 prometheus-client.
 
 The hot path records into plain integers on a *series* object (one per name and per hub):
-:class:`CommandSeries`, :class:`PoolSeries`, :class:`TLSSeries`, :class:`LimiterSeries`. A
+:class:`CommandSeries`, :class:`PoolSeries`, :class:`TLSSeries`, :class:`LimiterSeries`,
+:class:`StoreSeries`. A
 :class:`SeriesTable` holds one hub's series by kind and caps how many names of a kind it takes.
 Readers never touch a series' fields directly: :func:`snapshot` copies them under the series
 lock (and reads the live objects' gauges), and the exporters turn snapshots into text or
@@ -26,6 +27,7 @@ from ._metrics_schema import (
     JOB_OK,
     JOB_OUTCOMES,
     RETRY_OUTCOMES,
+    STORE_OPERATIONS,
     Row,
 )
 from ._names import check_name
@@ -39,6 +41,7 @@ __all__ = [
     "LimiterSeries",
     "PoolSeries",
     "SeriesTable",
+    "StoreSeries",
     "TLSSeries",
     "samples",
     "snapshot",
@@ -135,6 +138,11 @@ class TLSGauges(Protocol):
     def certificate_expiry_timestamp(self) -> float | None: ...
 
 
+class StoreGauges(Protocol):
+    @property
+    def up(self) -> bool: ...
+
+
 # -- series: mutated by the recording code, read through snapshots -----------------------------
 
 
@@ -205,7 +213,20 @@ class LimiterSeries:
         self.decisions = [0] * len(DECISION_OUTCOMES)
 
 
-Series = CommandSeries | PoolSeries | TLSSeries | LimiterSeries
+class StoreSeries:
+    """Lifetime counters of one shared store (``errors`` like ``STORE_OPERATIONS``), and the
+    live stores of that name (``up`` is read from them at scrape time)."""
+
+    __slots__ = ("errors", "lock", "name", "stores")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.errors = [0] * len(STORE_OPERATIONS)
+        self.stores: weakref.WeakSet[StoreGauges] = weakref.WeakSet()
+
+
+Series = CommandSeries | PoolSeries | TLSSeries | LimiterSeries | StoreSeries
 
 # -- snapshots: the one place that reads series (collect, fast text, multi-process flush) ------
 
@@ -242,7 +263,13 @@ class LimiterSnapshot(NamedTuple):
     decisions: list[int]
 
 
-Snapshot = CommandSnapshot | PoolSnapshot | TLSSnapshot | LimiterSnapshot
+class StoreSnapshot(NamedTuple):
+    name: str
+    up: int | None  # 1 if every live store of the name answers; None: none is open
+    errors: list[int]
+
+
+Snapshot = CommandSnapshot | PoolSnapshot | TLSSnapshot | LimiterSnapshot | StoreSnapshot
 
 
 def command_snapshot(s: CommandSeries) -> CommandSnapshot:
@@ -296,11 +323,20 @@ def limiter_snapshot(s: LimiterSeries) -> LimiterSnapshot:
         return LimiterSnapshot(s.name, list(s.decisions))
 
 
+def store_snapshot(s: StoreSeries) -> StoreSnapshot:
+    with s.lock:
+        errors = list(s.errors)
+        stores = list(s.stores)
+    up = int(all(st.up for st in stores)) if stores else None
+    return StoreSnapshot(s.name, up, errors)
+
+
 _SNAPSHOTS: dict[type, Callable[[Any], Snapshot]] = {
     CommandSeries: command_snapshot,
     PoolSeries: pool_snapshot,
     TLSSeries: tls_snapshot,
     LimiterSeries: limiter_snapshot,
+    StoreSeries: store_snapshot,
 }
 
 
@@ -311,12 +347,15 @@ def snapshot(series: Series) -> Snapshot:
 
 # -- the series of one hub ---------------------------------------------------------------------
 
-_S = TypeVar("_S", CommandSeries, PoolSeries, TLSSeries, LimiterSeries)
-_WHAT = {"command": "command", "pool": "pool", "server": "TLS server", "limiter": "limiter"}
+_S = TypeVar("_S", CommandSeries, PoolSeries, TLSSeries, LimiterSeries, StoreSeries)
+_WHAT = {
+    "command": "command", "pool": "pool", "server": "TLS server", "limiter": "limiter",
+    "store": "store",
+}
 
 
 class SeriesTable:
-    """One hub's series by kind (``commands``, ``pools``, ``tls``, ``limiters``).
+    """One hub's series by kind (``commands``, ``pools``, ``tls``, ``limiters``, ``stores``).
 
     ``max_names`` caps the distinct names of each kind (a new name beyond it raises
     ``ValueError``), so a name built from input cannot flood Prometheus with series. Every
@@ -333,9 +372,10 @@ class SeriesTable:
         self.pools: dict[str, PoolSeries] = {}
         self.tls: dict[str, TLSSeries] = {}
         self.limiters: dict[str, LimiterSeries] = {}
+        self.stores: dict[str, StoreSeries] = {}
         self.by_kind: dict[str, dict[str, Any]] = {
             "command": self.commands, "pool": self.pools, "server": self.tls,
-            "limiter": self.limiters,
+            "limiter": self.limiters, "store": self.stores,
         }
 
     @classmethod
@@ -356,6 +396,9 @@ class SeriesTable:
     def limiter(self, name: str) -> LimiterSeries:
         return self.limiters.get(name) or self._new(self.limiters, name, LimiterSeries, "limiter")
 
+    def store(self, name: str) -> StoreSeries:
+        return self.stores.get(name) or self._new(self.stores, name, StoreSeries, "store")
+
     def _new(self, table: dict[str, _S], name: str, factory: Callable[[str], _S], kind: str) -> _S:
         # Only for names not seen yet: the validation of every caller, once more, so that no
         # name that would break the exposition ever reaches a series.
@@ -373,7 +416,8 @@ class SeriesTable:
             return series
 
     def series(self, kind: str) -> list[Any]:
-        """The series of one kind (``"command"``, ``"pool"``, ``"server"``, ``"limiter"``)."""
+        """The series of one kind (``"command"``, ``"pool"``, ``"server"``, ``"limiter"``,
+        ``"store"``)."""
         with self._lock:
             return list(self.by_kind[kind].values())
 

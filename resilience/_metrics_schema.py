@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "RETRY_OUTCOMES",
     "SCHEMA",
+    "STORE_OPERATIONS",
     "Row",
     "exposed_name",
 ]
@@ -46,9 +47,11 @@ JOB_OK, JOB_FAIL, JOB_CANCEL = range(3)  # indexes into JOB_OUTCOMES and PoolSer
 HANDSHAKE_OUTCOMES = ("success", "failure", "timeout")
 CIRCUIT_STATES = ("closed", "open", "half_open")
 DECISION_OUTCOMES = ("allowed", "waited", "rejected")  # indexes into LimiterSeries.decisions
+# Round trips to a shared store (resilience.redis), by what they were for (StoreSeries.errors).
+STORE_OPERATIONS = ("sync", "lease", "limit", "refund")
 
 #: The kinds of names, by their label: what the cardinality cap counts separately.
-KINDS = ("command", "pool", "server", "limiter")
+KINDS = ("command", "pool", "server", "limiter", "store")
 
 
 class Row(NamedTuple):
@@ -119,6 +122,10 @@ SCHEMA: tuple[Row, ...] = (
        "server", "certificate_expiry", "livemin"),
     _c("resilience_rate_limit_decisions", "Decisions of a rate limiter, by outcome.",
        "limiter", "decisions", "outcome", DECISION_OUTCOMES),
+    _g("resilience_store_up", "1 while a shared store answers, 0 while it is down.",
+       "store", "up", "livemin"),
+    _c("resilience_store_errors", "Failed round trips to a shared store, by operation.",
+       "store", "errors", "operation", STORE_OPERATIONS),
 )
 
 #: Multi-process mode of every gauge, by family.

@@ -38,6 +38,8 @@ HELP = {
     "resilience_tls_certificate_expiry_timestamp_seconds":
         "Unix time at which the server's certificate expires.",
     "resilience_rate_limit_decisions": "Decisions of a rate limiter, by outcome.",
+    "resilience_store_up": "1 while a shared store answers, 0 while it is down.",
+    "resilience_store_errors": "Failed round trips to a shared store, by operation.",
 }
 # family -> (type, label names of its samples, without ``le``)
 SHAPE = {
@@ -57,6 +59,8 @@ SHAPE = {
     "resilience_tls_connections_active": ("gauge", {"server"}),
     "resilience_tls_certificate_expiry_timestamp_seconds": ("gauge", {"server"}),
     "resilience_rate_limit_decisions": ("counter", {"limiter", "outcome"}),
+    "resilience_store_up": ("gauge", {"store"}),
+    "resilience_store_errors": ("counter", {"store", "operation"}),
 }
 OUTCOMES = {
     "resilience_command_calls": {
@@ -75,6 +79,7 @@ class FakeServer:
 
     connections_active = 2
     certificate_expiry_timestamp: float | None = 1_900_000_000.0
+    up = True  # and what a shared store (resilience.redis) registers on its own
 
 
 async def ok() -> str:
@@ -104,6 +109,8 @@ async def populate(reg: CollectorRegistry) -> FakeServer:
     hub.tls_server("https").servers.add(server)
     hub.command("hello").retries[1] += 2  # what the retry loop will record
     hub.limiter("github").decisions[2] += 3  # what the rate limiter will record
+    hub.store("redis").stores.add(server)  # what a shared store records
+    hub.store("redis").errors[0] += 1
     return server
 
 

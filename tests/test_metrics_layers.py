@@ -97,6 +97,10 @@ class Server:
     connections_active, certificate_expiry_timestamp = 2, 1_900_000_000.0
 
 
+class Store:
+    up = True
+
+
 def populated(reg: CollectorRegistry) -> tuple[Hub, list[object]]:
     hub = Hub.of(reg)
     live: list[object] = []
@@ -115,7 +119,9 @@ def populated(reg: CollectorRegistry) -> tuple[Hub, list[object]]:
         p.pools.add(pool := Pool())
         hub.tls_server(name).servers.add(server := Server())
         hub.limiter(name).decisions[:] = [5, 1, i]
-        live += [circ, pool, server]
+        hub.store(name).stores.add(store := Store())
+        hub.store(name).errors[:] = [i, 2, 0, 1]
+        live += [circ, pool, server, store]
     return hub, live
 
 

@@ -168,6 +168,9 @@ EVERY_KIND = textwrap.dedent("""
     class Server:
         connections_active, certificate_expiry_timestamp = 3, 1_900_000_000.0 + int(sys.argv[1])
 
+    class Store:  # what a live shared store shows its series (up in one process only)
+        up = sys.argv[1] == "0"
+
     hub = Hub.of()
     c = hub.command("work")
     c.calls[0] += 4  # successes are counted as they are
@@ -181,6 +184,8 @@ EVERY_KIND = textwrap.dedent("""
     p.queue_wait.pending.append(0.001)
     hub.tls_server("api").servers.add(server := Server())
     hub.limiter("github").decisions[:] = [7, 1, 2]
+    hub.store("redis").stores.add(store := Store())
+    hub.store("redis").errors[1] += 3
     metrics.flush_multiprocess()
     print("flushed", flush=True)
     sys.stdin.read()
@@ -224,6 +229,8 @@ def test_every_schema_row_reaches_the_files_with_its_mode(tmp_path: Path) -> Non
     assert sample(reg, "resilience_circuit_error_ratio", command="work") == 0.25
     assert sample(reg, "resilience_tls_certificate_expiry_timestamp_seconds",
                   server="api") == 1_900_000_000.0
+    assert sample(reg, "resilience_store_up", store="redis") == 0  # livemin: one is down
+    assert sample(reg, "resilience_store_errors_total", store="redis", operation="lease") == 6
     families = {m.name for m in reg.collect()}
     from resilience._metrics_schema import SCHEMA
 
