@@ -293,10 +293,15 @@ class CircuitCore:
     # -- completion (lock held) -----------------------------------------------------------
 
     def release(self) -> None:
-        """Give one slot back: to the first waiter if any, else to the pool of free slots."""
-        while self.waiters:
-            if self._grant_next():
-                return
+        """Give one slot back: to the first waiter if any, else to the pool of free slots.
+
+        While more slots are held than the limit allows (a slot kept by :meth:`pin`, or a
+        limit lowered under running calls) a freed slot is not handed on: the waiters wait
+        until the count is back under the limit."""
+        if self.in_flight <= self.max:
+            while self.waiters:
+                if self._grant_next():
+                    return
         self.in_flight -= 1
 
     def _grant_next(self) -> bool:

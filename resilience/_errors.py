@@ -88,7 +88,7 @@ class CircuitOpenError(CommandError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_open, (self.command, self.retry_after, self.statistics))
+        return (_rebuild_open, (type(self), self.command, self.retry_after, self.statistics))
 
 
 def circuit_open(
@@ -102,9 +102,12 @@ def circuit_open(
 
 
 def _rebuild_open(
-    command: str, retry_after: float | None, statistics: CircuitStatistics
+    cls: type[CircuitOpenError],
+    command: str,
+    retry_after: float | None,
+    statistics: CircuitStatistics,
 ) -> CircuitOpenError:
-    return CircuitOpenError(command, retry_after=retry_after, statistics=statistics)
+    return cls(command, retry_after=retry_after, statistics=statistics)
 
 
 class MaxConcurrencyError(CommandError):

@@ -148,3 +148,24 @@ def test_retry_targets_are_judged() -> None:
     verdicts = retry_bench.targets(results)
     assert len(verdicts) == 6
     assert all(v in ("PASS", "MISS") for v, _, _ in verdicts), verdicts
+
+
+async def test_httpx_direct_cases_run() -> None:
+    from bench import httpx_bench
+
+    for case in httpx_bench.direct_cases():
+        loop = await case.setup()
+        await loop(50)
+
+
+def test_httpx_bench_serves_one_short_round() -> None:
+    """The raw server child answers, and every loopback case checks and runs (< 1 s)."""
+    from bench import httpx_bench
+
+    server = httpx_bench.Server()
+    try:
+        results = anyio.run(httpx_bench.measure, server.url, 3, 8)
+    finally:
+        server.close()
+    assert set(results) == {httpx_bench.BARE, httpx_bench.NO_TIMEOUT, httpx_bench.COMMAND}
+    assert all(r.us > 0 and r.ratio > 0 for r in results.values()), results

@@ -130,6 +130,34 @@ async def test_a_raised_limit_wakes_waiters(reg: resilience.Registry) -> None:
     assert reg.get_circuit("up").in_flight == 0
 
 
+async def test_a_lowered_limit_holds_waiters_until_running_calls_are_under_it(
+    reg: resilience.Registry,
+) -> None:
+    reg.configure_command("down", max_concurrent_requests=2, max_wait=30.0, timeout=None)
+    first, second, waiting = Hold(), Hold(), Hold()
+    core = reg._core("down")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reg.run, "down", first.fn)
+        tg.start_soon(reg.run, "down", second.fn)
+        await first.entered.wait()
+        await second.entered.wait()
+        tg.start_soon(reg.run, "down", waiting.fn)
+        while not core.waiters:
+            await anyio.lowlevel.checkpoint()
+        reg.configure_command("down", max_concurrent_requests=1)
+        first.release.set()
+        while first.finished == 0:
+            await anyio.lowlevel.checkpoint()
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        assert waiting.calls == 0 and core.in_flight == 1  # still one over the new limit
+        second.release.set()
+        await waiting.entered.wait()  # now under it: the waiter gets the freed slot
+        assert core.in_flight == 1
+        waiting.release.set()
+    assert core.in_flight == 0
+
+
 def test_sync_callers_wait_for_a_slot_too(reg: resilience.Registry) -> None:
     reg.configure_command("sw", max_concurrent_requests=1, max_wait=30.0, timeout=None)
     entered, release = threading.Event(), threading.Event()
