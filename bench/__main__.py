@@ -30,6 +30,8 @@ def main() -> None:
     importlib.import_module("bench.retry_bench").main()
     print()
     importlib.import_module("bench.asgi_bench").main()
+    print()
+    importlib.import_module("bench.httpx_bench").main()
 
 
 if __name__ == "__main__":
