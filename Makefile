@@ -34,7 +34,15 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.created
 demo: $(VENV)/.demo
 	$(PY) -m examples.demo $(DEMO_ARGS)
 
-## External tools the integration tests need (sslscan, prometheus, sslyze in its own venv).
+## A 3-member etcd cluster and five nodes on loopback, failures on purpose, OK/FAIL checks
+## (examples/cluster/, docs/cluster.md). Needs etcd: Debian package etcd-server (`make tools`).
+CLUSTER_ARGS ?=
+.PHONY: cluster-demo
+cluster-demo: $(VENV)/.demo
+	$(PY) -m examples.cluster $(CLUSTER_ARGS)
+
+## External tools the integration tests need (sslscan, prometheus, sslyze in its own venv,
+## redis-server, etcd).
 ## Installs what it can; outside CI a missing tool only skips the tests that need it.
 tools: $(VENV)/.test
 	bash scripts/ensure-tools.sh

@@ -20,6 +20,9 @@ PROMETHEUS_HOW="apt-get install --no-install-recommends prometheus (Debian/Ubunt
 PROMETHEUS_HOW+=" brew install prometheus (macOS), or a release from"
 PROMETHEUS_HOW+=" https://prometheus.io/download/ on PATH (prometheus and promtool)"
 SSLYZE_HOW="python3 -m venv .venv-sslyze && .venv-sslyze/bin/pip install sslyze==6.3.1"
+REDIS_HOW="apt-get install redis-server (Debian/Ubuntu; /usr/bin/redis-server), brew install redis (macOS)"
+ETCD_HOW="apt-get install etcd-server etcd-client (Debian/Ubuntu: etcd 3.4), or a release from"
+ETCD_HOW+=" https://github.com/etcd-io/etcd/releases on PATH (etcd and etcdctl)"
 
 missing=()  # "tool|how to get it"
 apt_updated=false
@@ -58,6 +61,23 @@ if ! have prometheus || ! have promtool; then
   for tool in prometheus promtool; do
     have "$tool" || missing+=("$tool|$PROMETHEUS_HOW")
   done
+fi
+
+# etcd + etcdctl (Debian packages etcd-server, etcd-client): `make cluster-demo` and
+# tests/test_examples_cluster.py run their own 3-member cluster on free loopback ports (a
+# packaged etcd service, where one starts, is not used).
+if ! have etcd || ! have etcdctl; then
+  apt_install etcd-server etcd-client || true
+  for tool in etcd etcdctl; do
+    have "$tool" || missing+=("$tool|$ETCD_HOW")
+  done
+fi
+
+# redis-server (Debian package): tests/test_redis*.py start their own server on a free loopback
+# port (no persistence) and stop it by its pid; no service is started here.
+if ! have redis-server; then
+  apt_install redis-server || true
+  have redis-server || missing+=("redis-server|$REDIS_HOW")
 fi
 
 # sslyze pins its own cryptography (<47), which clashes with ours: it gets its own venv.
