@@ -109,7 +109,8 @@ def test_demo_tells_its_story_on_both_backends() -> None:
         assert re.search(r"upstream: closed .* calls/s .* p99", out), report  # plain lines
         assert "\x1b[" not in out, "ANSI escapes in plain (non-terminal) output"
         checks = re.findall(r"^  (OK  |FAIL)  (.*)$", out, re.MULTILINE)
-        assert len(checks) == 6 and all(ok == "OK  " for ok, _ in checks), report
+        assert len(checks) == 7 and all(ok == "OK  " for ok, _ in checks), report
+        assert "retries absorbed errors while degraded" in out, report
         assert "all checks passed" in out, report
         assert "the circuit opened during the outage" in out
         assert "the circuit closed again after recovery" in out
