@@ -41,6 +41,13 @@ CLUSTER_ARGS ?=
 cluster-demo: $(VENV)/.demo
 	$(PY) -m examples.cluster $(CLUSTER_ARGS)
 
+## Two processes sharing one circuit through a local redis-server (examples/shared_circuit/,
+## docs/shared-state.md). Needs redis-server: Debian package redis-server (`make tools`).
+.PHONY: shared-demo
+shared-demo: $(VENV)/.demo
+	$(PY) -m pip install -q -e '.[redis]'
+	$(PY) -m examples.shared_circuit
+
 ## External tools the integration tests need (sslscan, prometheus, sslyze in its own venv,
 ## redis-server, etcd).
 ## Installs what it can; outside CI a missing tool only skips the tests that need it.

@@ -39,7 +39,10 @@ if TYPE_CHECKING:
     from ._exporter import CommandSeries
     from ._threads import ThreadPool
 
-__all__ = ["NEED_WAITER", "REFUSED", "WAITING", "Circuit", "CircuitCore", "CircuitState"]
+__all__ = [
+    "LEASED", "LEASE_AGAIN", "LEASE_REFUSED", "NEED_WAITER", "REFUSED", "WAITING", "Circuit",
+    "CircuitCore", "CircuitState", "SharedState",
+]
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 
@@ -74,6 +77,24 @@ class SlotWaiter(Protocol):
 # SlotWaiter.state values
 W_WAITING, W_GRANTED, W_GIVEN_UP = 0, 1, 2
 
+#: ``SharedState.lease`` results: run the trial; refuse the call; the state changed, admit again.
+LEASED, LEASE_REFUSED, LEASE_AGAIN = 0, 1, 2
+
+
+class SharedState(Protocol):
+    """A shared store's side of one circuit (``resilience._shared_circuit``), set on
+    ``CircuitCore.shared``. Both methods are called with the lock held."""
+
+    def lease(self, core: CircuitCore, now: float) -> int:
+        """Before a trial is admitted: LEASED, LEASE_REFUSED (another process runs the trial;
+        ``open_until`` now says until when) or LEASE_AGAIN (the state changed meanwhile).
+        May let go of the lock for the one round trip this rare path makes."""
+        ...
+
+    def changed(self, reason: str | None) -> None:
+        """A transition happened (``_to_open``/``_to_closed``): queue what to publish."""
+        ...
+
 
 class CircuitCore:
     """State, statistics and concurrency slots of one command in one registry.
@@ -86,7 +107,7 @@ class CircuitCore:
         "__weakref__", "bus", "calls", "clock", "config", "count_rejections", "duration",
         "events", "failed_if", "fast_gen", "gen", "ignore", "in_flight", "limit", "lock",
         "max", "max_wait", "name", "open_until", "opened_at", "refused", "retry", "series",
-        "state", "threads", "timeout", "trial_at", "trial_busy", "waiters", "window",
+        "shared", "state", "threads", "timeout", "trial_at", "trial_busy", "waiters", "window",
     )
 
     def __init__(
@@ -111,6 +132,7 @@ class CircuitCore:
         self.trial_busy = False
         self.trial_at = 0.0
         self.threads: ThreadPool | None = None
+        self.shared: SharedState | None = None  # a shared store's hook (Registry(store=...))
         self.refused: CommandError | None = None  # handed from admit() to its caller
         self.events: list[StateChange] = []
         self.waiters: deque[SlotWaiter] = deque()
@@ -207,6 +229,14 @@ class CircuitCore:
                     return self._short_circuit(now, max(trial_until - now, 0.0))
             # A trial: the first call after the sleep window, or after a trial that ended
             # without a verdict, or one more sleep window after a trial that still hangs.
+            shared = self.shared
+            if shared is not None:  # a shared store: one trial across processes (a lease)
+                verdict = shared.lease(self, now)
+                if verdict == LEASE_AGAIN:
+                    return self.admit(ticket, waiter)
+                now = self.clock()
+                if verdict == LEASE_REFUSED:
+                    return self._short_circuit(now, max(self.open_until - now, 0.0))
             trial = True
             if state == OPEN:
                 self.state = HALF_OPEN
@@ -408,6 +438,8 @@ class CircuitCore:
         self.trial_busy = False
         self._apply()
         self._event(old, CircuitState.OPEN, reason)
+        if self.shared is not None:
+            self.shared.changed(reason)
 
     def _to_closed(self, reason: str | None) -> None:
         old = self.state_index
@@ -419,6 +451,30 @@ class CircuitCore:
         self._apply()
         if reason is not None and old != self.state_index:
             self._event(_STATES[old], _STATES[self.state_index], reason, stats)
+        if self.shared is not None:
+            self.shared.changed(reason)
+
+    # -- the shared view of a store (lock held; called by resilience._shared_circuit) ---------
+
+    def shared_open(self, until: float) -> None:
+        """Another process opened the circuit (or holds its trial): open here too, until
+        ``until`` (this clock), without a trip of our own. ``force_closed`` still wins."""
+        if self.config.force_closed:
+            return
+        old = self.state_index
+        if self.state != OPEN:
+            self.state = OPEN
+            self.gen += 1  # our own trial, if any, is stale now
+            self.trial_busy = False
+        self.opened_at = until - self.config.sleep_window
+        self._apply()
+        if self.state_index != old:
+            self._event(_STATES[old], CircuitState.OPEN, "shared_open")
+
+    def shared_close(self) -> None:
+        """A trial elsewhere succeeded: closed here too, rolling window reset."""
+        if self.state != CLOSED:
+            self._to_closed("shared_closed")
 
     def _event(
         self, old: str, new: str, reason: str, stats: CircuitStatistics | None = None

@@ -27,7 +27,9 @@ _circuit_log = logging.getLogger("resilience.circuit")
 class StateChange:
     """A circuit changed state. ``reason`` is one of ``"tripped"``, ``"trial"``,
     ``"trial_succeeded"``, ``"trial_failed"``, ``"forced_open"``, ``"forced_closed"``,
-    ``"unforced"``, ``"flush"``; ``statistics`` is the rolling window at that moment."""
+    ``"unforced"``, ``"flush"``, and with a shared store ``"shared_open"`` / ``"shared_closed"``
+    (another process opened the circuit, or closed it with a successful trial);
+    ``statistics`` is the rolling window at that moment."""
 
     command: str
     old: str

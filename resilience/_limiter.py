@@ -26,7 +26,8 @@ at any moment no more permits have been granted than if the cancelled waiter had
 
 One lock (the metrics series' ``TokenLock``, shared by the limiters of one name) guards each
 decision, a few float operations; it is never held while sleeping. ``_take`` is the one
-place a decision is made: a shared store (``store=``) will make it there instead.
+place a decision is made: with a shared store (``store=``) the store makes it there instead
+(``resilience._store_limiter``; ``acquire`` awaits the store's round trip in a thread).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -45,6 +47,7 @@ from ._backend import checkpoint
 from ._errors import RateLimitedError
 from ._exporter import Hub
 from ._names import check_name
+from ._store import StoreCore
 
 __all__ = ["LimiterStatistics", "RateLimiter"]
 
@@ -84,6 +87,16 @@ class _Budget:
         self.waiting = 0
 
 
+class _Shared(Protocol):
+    """A store's side of a limiter (``resilience._store_limiter.SharedBudget``)."""
+
+    def take(self, key: Hashable, max_wait: float) -> float | tuple[_Budget, float]: ...
+
+    async def acquire(self, key: Hashable) -> None: ...
+
+    def refund(self, budget: _Budget) -> None: ...
+
+
 def _number(field: str, value: object, *, minimum: float, inclusive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"RateLimiter {field} must be a number, got {value!r}")
@@ -121,7 +134,7 @@ class RateLimiter:
     __slots__ = (
         "__weakref__", "_burst", "_clock", "_counts", "_decisions", "_default", "_eps",
         "_fail_mode", "_interval", "_keys", "_lock", "_max_keys", "_max_wait", "_name", "_per",
-        "_rate", "_tau", "_waiting",
+        "_rate", "_shared", "_tau", "_waiting",
     )
 
     def __init__(
@@ -152,10 +165,9 @@ class RateLimiter:
                 f"got {fail_mode!r}"
             )
         self._fail_mode = fail_mode
-        if store is not None:  # the seam: a store makes the decisions of _take
+        if store is not None and not isinstance(store, StoreCore):
             raise TypeError(
-                f"RateLimiter store= needs a resilience.redis.RedisStore (shared budgets are "
-                f"not available yet), got {store!r}"
+                f"RateLimiter store= needs a resilience.redis.RedisStore (or None), got {store!r}"
             )
         if clock is not None and not callable(clock):
             raise TypeError(f"RateLimiter clock must be a zero-argument callable, got {clock!r}")
@@ -181,6 +193,8 @@ class RateLimiter:
         self._waiting = 0
         self._default = _Budget()
         self._keys: OrderedDict[Hashable, _Budget] = OrderedDict()
+        # the seam: with a store, the store decides in _take (and acquire awaits it)
+        self._shared: _Shared | None = None if store is None else store.share_limiter(self)
 
     # -- configuration (read-only) -------------------------------------------------------------
 
@@ -250,10 +264,15 @@ class RateLimiter:
         keys.move_to_end(key)
         return budget
 
-    def _take(self, key: Hashable, max_wait: float) -> float | tuple[_Budget, float]:
+    def _take(
+        self, key: Hashable, max_wait: float, local: bool = False
+    ) -> float | tuple[_Budget, float]:
         """Decide one request: ``0.0`` granted now; ``-retry_after`` (< 0) refused, its turn
         being more than ``max_wait`` away; ``(budget, delay)`` reserved, due in ``delay``
-        seconds (the caller then calls :meth:`_served` or :meth:`_give_back`)."""
+        seconds (the caller then calls :meth:`_served` or :meth:`_give_back`). With a store,
+        the store decides (``local``: this limiter's own budget, the store's fail mode)."""
+        if self._shared is not None and not local:
+            return self._shared.take(key, max_wait)
         lock = self._lock
         held: bool | None = False
         try:
@@ -302,6 +321,8 @@ class RateLimiter:
     def _give_back(self, budget: _Budget) -> None:
         """A waiter was cancelled (or interrupted) before its turn: its permit goes to the
         next caller (see the module docstring)."""
+        if self._shared is not None and budget.__class__ is not _Budget:
+            self._shared.refund(budget)  # reserved in the store: given back there
         with self._lock:
             budget.tat -= self._interval
             budget.waiting -= 1
@@ -322,6 +343,8 @@ class RateLimiter:
         every refusal) when its turn is further away; ``retry_after`` says when a permit is
         free. Cancelled while waiting, it gives its turn back.
         """
+        if self._shared is not None:
+            return await self._shared.acquire(key)
         taken = self._take(key, self._max_wait)
         if isinstance(taken, float):
             if taken == 0.0:

@@ -1,7 +1,8 @@
 """Commands by name: configuration, circuits, events, the decorator, ``run`` and ``run_sync``.
 
 A module-level default registry backs ``resilience.command``, ``resilience.run`` and friends;
-``Registry(metrics_registry=..., clock=...)`` gives an isolated one (tests, multi-tenant apps).
+``Registry(metrics_registry=..., clock=..., store=...)`` gives an isolated one (tests,
+multi-tenant apps; ``store``: circuits shared across processes, ``resilience._shared_circuit``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ._errors import ConfigurationWarning
 from ._events import Event, EventBus
 from ._exporter import Hub
 from ._names import check_name
+from ._shared_circuit import attach_circuit
+from ._store import StoreCore
 
 __all__ = ["Registry", "core_of"]
 
@@ -41,13 +44,15 @@ class Registry:
     ``metrics_registry`` defaults to prometheus-client's default registry; ``clock`` is a
     zero-argument callable returning monotonic seconds that drives sleep windows, the rolling
     window, ``retry_after`` and recorded durations (timeouts always use the event loop's or
-    the thread's real time).
+    the thread's real time). ``store`` (a ``resilience.redis.RedisStore``) shares every
+    circuit's state with the other processes using the same store (see docs/shared-state.md).
     """
 
     def __init__(
         self,
         metrics_registry: CollectorRegistry | None = None,
         clock: Callable[[], float] | None = None,
+        store: StoreCore | None = None,
     ) -> None:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
@@ -56,6 +61,9 @@ class Registry:
                 f"metrics_registry must be a prometheus_client CollectorRegistry or None, "
                 f"got {metrics_registry!r}"
             )
+        if store is not None and not isinstance(store, StoreCore):
+            raise TypeError(f"store must be a resilience.redis.RedisStore or None, got {store!r}")
+        self._store = store
         self._hub = Hub.of(metrics_registry)
         self._clock: Callable[[], float] = clock or timer
         self._bus = EventBus()
@@ -79,6 +87,8 @@ class Registry:
                 if core is None:
                     series = self._hub.command(name)
                     core = CircuitCore(name, CommandConfig(), series, self._clock, self._bus)
+                    if self._store is not None:
+                        attach_circuit(self._store, core)
                     self._cores[name] = core
                     self._views[name] = Circuit(core)
                     self._callers[name] = {}
