@@ -32,6 +32,8 @@ def main() -> None:
     importlib.import_module("bench.asgi_bench").main()
     print()
     importlib.import_module("bench.httpx_bench").main()
+    print()
+    importlib.import_module("bench.store_bench").main()  # skips itself without redis-server
 
 
 if __name__ == "__main__":
