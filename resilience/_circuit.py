@@ -33,7 +33,7 @@ from ._outcomes import (
     SHORT_CIRCUITED,
     SUCCESS,
 )
-from ._rolling import CircuitStatistics, RollingWindow, health, statistics_of
+from ._rolling import CircuitStatistics, RollingWindow, statistics_of
 
 if TYPE_CHECKING:
     from ._exporter import CommandSeries
@@ -149,7 +149,7 @@ class CircuitCore:
         return OPEN if self.config.force_open else self.state
 
     def error_ratio(self) -> float:
-        requests, errors = health(self.window.roll(self.clock()), self.count_rejections)
+        requests, errors = self.window.health(self.clock(), self.count_rejections)
         return errors / requests if requests else 0.0
 
     def snapshot(self) -> CircuitStatistics:
@@ -265,7 +265,7 @@ class CircuitCore:
         self.calls[SHORT_CIRCUITED] += 1
         w = self.window
         if now < w.end:
-            w.bucket[SHORT_CIRCUITED] += 1; w.totals[SHORT_CIRCUITED] += 1  # noqa: E702
+            w.cum[SHORT_CIRCUITED] += 1
         else:
             w.add(now, SHORT_CIRCUITED)
         self.refused = circuit_open(self.name, retry_after, tuple(w.totals), self.count_rejections)
@@ -361,7 +361,10 @@ class CircuitCore:
         if state == CLOSED:
             if now is None:
                 now = self.clock()
-            self.window.add(now, kind)
+            w = self.window
+            if now >= w.end:  # (``w.add`` inline: every sparse call comes here)
+                w.open_bucket(now)
+            w.cum[kind] += 1
             self.check_health(now)
         elif state == HALF_OPEN:
             if kind == SUCCESS:
@@ -374,7 +377,7 @@ class CircuitCore:
     def check_health(self, now: float) -> None:
         """Closed -> open when the volume and error-percentage thresholds are both met."""
         w = self.window
-        requests, errors = health(w.roll(now), self.count_rejections)
+        requests, errors = w.health(now, self.count_rejections)
         cfg = self.config
         if (
             requests
@@ -408,13 +411,13 @@ class CircuitCore:
         if budget is None:
             return True
         now = self.clock()
-        totals = self.window.roll(now)
-        requests, _ = health(totals, self.count_rejections)
-        retries = totals[RETRIES]
+        window = self.window
+        requests, _ = window.health(now, self.count_rejections)
+        retries = window.count(RETRIES)
         first = max(requests - retries, 0)
         if retries + 1 > budget * first + per_second * self.config.rolling_window:
             return False
-        self.window.add(now, RETRIES)
+        window.add(now, RETRIES)
         return True
 
     def count_retry(self, outcome: int) -> None:

@@ -131,7 +131,7 @@ def coroutine_caller(
                 if ended < window.end and g == core.fast_gen and not window.countdown:
                     # closed, current, volume reached, same bucket as the last evaluated outcome:
                     # a success only lowers the error rate, so health cannot change
-                    window.bucket[0] += 1; window.totals[0] += 1; held = give(True)  # noqa: E702
+                    window.cum[0] += 1; held = give(True)  # noqa: E702
                     return result
                 core.record_window(g, SUCCESS, ended)
                 events = core.take_events()
