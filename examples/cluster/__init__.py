@@ -8,6 +8,7 @@ See ``docs/cluster.md``.
 
 ``story`` is the program (the operator), ``checks`` the verdict, ``procs`` the processes,
 ``node`` one node (``python -m examples.cluster.node``) with ``master``, ``worker`` and
-``session`` (its lease), ``etcd`` the client of etcd's JSON gateway, ``rpc`` JSON-RPC over
-HTTP/1.1, ``pki`` the throwaway certificates, ``config`` the numbers.
+``session`` (its lease), ``etcd`` the client of etcd's JSON gateway, ``config`` the numbers.
+JSON-RPC over HTTP/1.1 over mutual TLS (``examples/rpc/jsonrpc.py``) and the throwaway
+certificates (``examples/rpc/pki.py``) are shared with ``examples/rpc``.
 """

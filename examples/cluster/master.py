@@ -46,7 +46,7 @@ from resilience import (
     run,
 )
 
-from . import rpc
+from ..rpc import jsonrpc as rpc
 from .config import (
     DISPATCH_POOL_QUEUE,
     DISPATCH_POOL_WORKERS,

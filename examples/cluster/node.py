@@ -32,11 +32,14 @@ from typing import Any
 
 import anyio
 import httpx
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import TaskGroup
 
 from resilience import StateChange, get_circuit, subscribe, tls
+from resilience.asgi import LoadShedding
 from resilience.metrics import start_metrics_server
 
+from ..rpc.jsonrpc import JsonRpc, Method, Peer, serve
+from ..rpc.pki import cert_paths, serial_of
 from .config import (
     ADMIN_PATH,
     NODES,
@@ -47,8 +50,6 @@ from .config import (
 )
 from .etcd import Etcd, EtcdError, EtcdUnavailable
 from .master import Master
-from .pki import cert_paths, serial_of
-from .rpc import JsonRpc, Method, Peer, peer_of, serve_http, shedding
 from .session import LeaseSession
 from .worker import Worker
 
@@ -193,16 +194,11 @@ async def _node(args: argparse.Namespace) -> None:
         if worker is not None:
             admin["worker.slow"] = (slow, ("orchestrator",))
             methods[RPC_PATH] = {"task.run": (worker.task_run, ("m",))}
-            app = shedding(JsonRpc(methods), name="rpc", limit=WORKER_LIMIT,
-                           max_wait=WORKER_MAX_WAIT, timeout=WORKER_SHED_TIMEOUT,
-                           exempt=(ADMIN_PATH,))
+            app = LoadShedding(JsonRpc(methods), name="rpc",
+                               max_concurrent_requests=WORKER_LIMIT, max_wait=WORKER_MAX_WAIT,
+                               timeout=WORKER_SHED_TIMEOUT, exempt=(ADMIN_PATH,))
         else:
             app = JsonRpc(methods)
-        port = 0
-
-        async def handler(stream: ByteStream) -> None:
-            peer = peer_of(stream)
-            await serve_http(stream, app, peer, port)
 
         async def register() -> None:
             record = json.dumps({"id": args.id, "role": args.role, "address": address,
@@ -228,7 +224,7 @@ async def _node(args: argparse.Namespace) -> None:
             async with anyio.create_task_group() as tg:
                 ctx = tls.server_context(cert, key, client_ca=certs / "ca.pem")
                 port = await tg.start(partial(
-                    tls.serve_tls, handler, port=0, ssl_context=ctx, reload_interval=0.5,
+                    serve, app, port=0, ssl_context=ctx, reload_interval=0.5,
                     handshake_timeout=2.0, max_connections=256, name="rpc",
                 ))
                 address = f"https://127.0.0.1:{port}"

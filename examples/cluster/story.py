@@ -32,12 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resilience import StateChange, configure_command, run, subscribe, tls
 
-from . import rpc
+from ..rpc import jsonrpc as rpc
+from ..rpc.pki import PKI, cert_paths, serial_of
 from .checks import Measured, checks, phase_table
 from .config import ADMIN_PATH, ELECTION, FAILED, FENCE, LEASE_TTL, LOG, NODES, RESULTS, TASKS
 from .etcd import Etcd, EtcdError, EtcdUnavailable
 from .master import pad
-from .pki import PKI, cert_paths, serial_of
 from .procs import NodeProc, Procs, Prometheus, tail
 
 __all__ = ["ETCD_MISSING", "PHASES", "Phase", "main"]

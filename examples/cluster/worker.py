@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from .rpc import Peer, RpcError
+from ..rpc.jsonrpc import Peer, RpcError
 
 __all__ = ["Worker"]
 

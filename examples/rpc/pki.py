@@ -1,8 +1,9 @@
-"""The cluster's throwaway PKI: one CA, one certificate per node (server and client: every
-node is both), made at start and re-issued in the middle of the run (rotation).
+"""A throwaway PKI for the node examples: one CA, certificates for the nodes, made at start.
 
-Like ``examples/demo/certs.py``: EC P-256, the extensions a strict verifier wants. The CA's
-key stays in the memory of the demo process; nodes only get their own key and ``ca.pem``.
+Shared by ``examples/rpc`` (a server and a client certificate per node) and
+``examples/cluster`` (one certificate per node for both uses, re-issued in the middle of its
+run: rotation). EC P-256, with the extensions a strict verifier wants. The CA's key stays in
+the memory of the process that made it; nodes only get their own key and ``ca.pem``.
 Files are replaced atomically (key first, then certificate), so a server that reloads in
 between sees a mismatched pair at worst, keeps its current one and loads the new pair at its
 next check.
@@ -43,9 +44,9 @@ def _replace(path: Path, data: bytes, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def cert_paths(directory: Path, name: str) -> tuple[Path, Path]:
-    """(certificate, key) of ``name`` in ``directory``."""
-    return directory / f"{name}.pem", directory / f"{name}.key"
+def cert_paths(directory: Path, stem: str) -> tuple[Path, Path]:
+    """(certificate, key) of ``stem`` in ``directory``: ``<stem>.pem``, ``<stem>.key``."""
+    return directory / f"{stem}.pem", directory / f"{stem}.key"
 
 
 def serial_of(pem_or_der: bytes) -> int:
@@ -55,9 +56,9 @@ def serial_of(pem_or_der: bytes) -> int:
 
 
 class PKI:
-    """A CA in ``directory`` (``ca.pem``) that issues node certificates next to it."""
+    """A CA in ``directory`` (``ca.pem``) that issues certificates next to it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, ca_name: str = "resilience examples CA") -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now(datetime.UTC)
@@ -65,8 +66,8 @@ class PKI:
         self._ski = x509.SubjectKeyIdentifier.from_public_key(self._key.public_key())
         self._cert = (
             x509.CertificateBuilder()
-            .subject_name(_name("cluster demo CA"))
-            .issuer_name(_name("cluster demo CA"))
+            .subject_name(_name(ca_name))
+            .issuer_name(_name(ca_name))
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -78,12 +79,21 @@ class PKI:
         )
         self.ca = directory / "ca.pem"
         _replace(self.ca, self._cert.public_bytes(serialization.Encoding.PEM))
-        #: name -> serial of its current certificate
+        #: stem -> serial of its current certificate
         self.serials: dict[str, int] = {}
 
-    def issue(self, name: str, *, days: int = 1) -> int:
-        """Write ``<name>.key`` and ``<name>.pem`` (valid ``days`` days, for 127.0.0.1 and
-        localhost, server and client use); returns the serial number."""
+    def issue(
+        self, name: str, *, days: int = 1, server: bool = True, client: bool = True,
+        stem: str | None = None,
+    ) -> int:
+        """Write ``<stem>.key`` and ``<stem>.pem`` (``stem`` defaults to ``name``): a
+        certificate for the common name ``name``, valid ``days`` days for 127.0.0.1 and
+        localhost, for server use, client use or both; returns its serial number."""
+        if not (server or client):
+            raise ValueError("a certificate for neither server nor client use")
+        stem = name if stem is None else stem
+        purposes = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        purposes += [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         serial = x509.random_serial_number()
@@ -97,12 +107,7 @@ class PKI:
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_usage(cert_sign=False), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
@@ -119,11 +124,11 @@ class PKI:
             )
             .sign(self._key, hashes.SHA256())
         )
-        cert_path, key_path = cert_paths(self.directory, name)
+        cert_path, key_path = cert_paths(self.directory, stem)
         _replace(key_path, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ), mode=0o600)
         _replace(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-        self.serials[name] = serial
+        self.serials[stem] = serial
         return serial

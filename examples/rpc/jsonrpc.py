@@ -1,49 +1,61 @@
-"""JSON-RPC 2.0 over HTTP/1.1 over mutual TLS, between the nodes.
+"""JSON-RPC 2.0 over HTTP/1.1 over mutual TLS: the layer the node examples share.
 
-Server side: :func:`resilience.tls.serve_tls` accepts the TLS connections (handshake timeout,
-connection limit, certificate reload); :func:`serve_http` speaks HTTP/1.1 on each one (h11,
-keep-alive) and hands every request to an ASGI application, so the workers can protect
-themselves with :class:`resilience.asgi.LoadShedding`. :class:`JsonRpc` is that application:
-methods by path, each allowed to some peers only (by the common name of their client
-certificate, which mutual TLS has already verified).
+Used by ``examples/rpc`` (``MathService.Add`` between three nodes) and ``examples/cluster``
+(``task.run`` from the leader to the workers).
 
-Client side: :func:`call` posts one request with an ``httpx.AsyncClient`` whose ``verify`` is a
-:func:`resilience.tls.client_context` with the node's own certificate.
+Server side: :func:`serve` runs :func:`resilience.tls.serve_tls` (handshake timeout,
+connection limit, certificate reload) and speaks HTTP/1.1 on each connection with
+:func:`serve_http` (h11, keep-alive), handing every request to an ASGI application, so a node
+can protect itself with :class:`resilience.asgi.LoadShedding`. :class:`JsonRpc` is that
+application: methods by path, each allowed to some peers only (by the common name of their
+client certificate, which mutual TLS has already verified).
+
+Client side: :func:`call` posts one request with an ``httpx.AsyncClient`` (whose ``verify``
+is a :func:`resilience.tls.client_context` with the caller's own certificate, and whose
+transport may be a :class:`resilience.httpx.AsyncCommandTransport`); it returns the result,
+or raises :class:`RpcError` (the peer answered with a JSON-RPC error) or
+:class:`RpcUnavailable` (an HTTP error status instead of an answer: 503 shed, 504 cut off).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
 import h11
 import httpx
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.tls import TLSAttribute
 
-from resilience.asgi import LoadShedding
+from resilience import tls
 
 from .pki import serial_of
 
 __all__ = [
+    "ASGIApp",
     "JsonRpc",
     "Method",
+    "Methods",
     "Peer",
     "RpcError",
     "RpcUnavailable",
     "call",
     "peer_of",
+    "serve",
     "serve_http",
 ]
 
 Json = dict[str, Any]
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-                   Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: How long a kept-alive connection may sit idle between requests.
 IDLE_TIMEOUT = 15.0
@@ -68,6 +80,35 @@ def peer_of(stream: ByteStream) -> Peer:
             if key == "commonName":
                 name = str(value)
     return Peer(name=name, serial=serial_of(der) if der else 0)
+
+
+# -- server: TLS connections -> HTTP/1.1 -> ASGI --------------------------------------------------
+
+
+async def serve(
+    app: ASGIApp,
+    *,
+    ssl_context: ssl.SSLContext,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``app`` over HTTP/1.1 on every TLS connection of ``serve_tls`` until cancelled.
+
+    Start it with ``port = await task_group.start(partial(serve, app, ...))``; ``options`` go
+    to :func:`resilience.tls.serve_tls` (``handshake_timeout``, ``max_connections``,
+    ``reload_interval``, ``name``)."""
+    bound = port
+
+    async def handler(stream: ByteStream) -> None:
+        await serve_http(stream, app, peer_of(stream), bound)
+
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(partial(
+            tls.serve_tls, handler, host=host, port=port, ssl_context=ssl_context, **options
+        ))
+        task_status.started(bound)
 
 
 class _Closed(Exception):
@@ -176,12 +217,17 @@ async def _run_app(
     return status, headers, b"".join(chunks)
 
 
+# -- the JSON-RPC application ---------------------------------------------------------------------
+
 #: A JSON-RPC method: ``await method(params, peer)`` -> the result (JSON-able).
 Method = Callable[[Json, Peer], Awaitable[Any]]
+#: ``{path: {method name: (function, allowed peer-name prefixes)}}``; ``("",)`` allows every
+#: peer that mutual TLS let in.
+Methods = Mapping[str, Mapping[str, tuple[Method, tuple[str, ...]]]]
 
 
 class RpcError(Exception):
-    """A JSON-RPC error answer (the node is up; it said no)."""
+    """A JSON-RPC error answer (the peer is up; it said no)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -198,16 +244,12 @@ class RpcUnavailable(Exception):
 
 
 class JsonRpc:
-    """An ASGI app: ``POST <path>`` with a JSON-RPC request. ``methods`` maps a path to
-    ``{method name: (function, allowed peer-name prefixes)}``."""
+    """An ASGI app: ``POST <path>`` with a JSON-RPC request, dispatched by ``methods``."""
 
-    def __init__(self, methods: Mapping[str, Mapping[str, tuple[Method, tuple[str, ...]]]]):
+    def __init__(self, methods: Methods) -> None:
         self.methods = methods
 
-    async def __call__(
-        self, scope: Scope, receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         table = self.methods.get(scope["path"])
@@ -215,8 +257,9 @@ class JsonRpc:
             await _respond(send, 404, b"not found\n", b"text/plain")
             return
         message = await receive()
-        tls = scope.get("extensions", {}).get("tls", {})
-        peer = Peer(str(tls.get("client_cert_name", "")), int(tls.get("client_cert_serial", 0)))
+        tls_info = scope.get("extensions", {}).get("tls", {})
+        peer = Peer(str(tls_info.get("client_cert_name", "")),
+                    int(tls_info.get("client_cert_serial", 0)))
         rid: Any = None
         try:
             request = json.loads(message.get("body", b""))
@@ -242,17 +285,14 @@ class JsonRpc:
         await _answer(send, rid, result=result)
 
 
-async def _respond(
-    send: Callable[[Message], Awaitable[None]], status: int, body: bytes, kind: bytes
-) -> None:
+async def _respond(send: Send, status: int, body: bytes, kind: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", kind)]})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _answer(
-    send: Callable[[Message], Awaitable[None]], rid: Any, *, result: Any = None,
-    error: tuple[int, str] | None = None,
+    send: Send, rid: Any, *, result: Any = None, error: tuple[int, str] | None = None
 ) -> None:
     reply: Json = {"jsonrpc": "2.0", "id": rid}
     if error is None:
@@ -262,11 +302,14 @@ async def _answer(
     await _respond(send, 200, json.dumps(reply).encode(), b"application/json")
 
 
+# -- client ---------------------------------------------------------------------------------------
+
 _ids = iter(range(1, 1 << 62))
 
 
 async def call(http: httpx.AsyncClient, url: str, method: str, params: Json) -> Any:
-    """One JSON-RPC call; the result, or :class:`RpcError` / :class:`RpcUnavailable`."""
+    """One JSON-RPC call; the result, or :class:`RpcError` / :class:`RpcUnavailable` (and
+    whatever the client raises: ``httpx`` errors, the transport's refusals)."""
     response = await http.post(
         url, json={"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params}
     )
@@ -277,11 +320,3 @@ async def call(http: httpx.AsyncClient, url: str, method: str, params: Json) -> 
     if "error" in data:
         raise RpcError(int(data["error"].get("code", 0)), str(data["error"].get("message")))
     return data.get("result")
-
-
-def shedding(app: ASGIApp, *, name: str, limit: int, max_wait: float, timeout: float,
-             exempt: tuple[str, ...]) -> LoadShedding:
-    """The worker's guard: ``limit`` requests at once, ``max_wait`` for a slot, ``timeout``
-    per request; ``exempt`` paths (the admin endpoint) skip it."""
-    return LoadShedding(app, name=name, max_concurrent_requests=limit, max_wait=max_wait,
-                        timeout=timeout, exempt=exempt)
