@@ -17,6 +17,7 @@ round trip gets an answer. Nothing here ever fails a call.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import secrets
@@ -79,7 +80,7 @@ class CircuitHook(Protocol):
         ...
 
 
-class StoreCore:
+class StoreCore(abc.ABC):
     """The server-independent part of a shared store.
 
     Subclasses make the round trips: :meth:`_sync` (the circuits' script, or a ping when no
@@ -254,26 +255,32 @@ class StoreCore:
 
     # -- round trips (the subclass's) -----------------------------------------------------------
 
+    @abc.abstractmethod
     def _sync(self, keys: list[str], args: list[Any]) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _ping(self) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _lease(self, key: str, owner: str, seen: str, ttl_us: int, window_us: int) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _gcra(self, key: str, interval_us: float, tau_us: float, max_wait_us: int) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _refund(self, key: str, interval_us: float) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def share_limiter(self, limiter: Any) -> Any:
         """The store's side of a ``RateLimiter(store=self)``."""
-        raise NotImplementedError
+        ...
 
-    def _disconnect(self) -> None:
+    def _disconnect(self) -> None:  # noqa: B027  (optional: a client with no pool has none)
         """Drop the client's connections (after the thread stopped)."""
 
     # -- closing ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import anyio
 import pytest
+import trio.testing
 from prometheus_client import CollectorRegistry
 from test_command_helpers import (
     Boom,
@@ -452,8 +453,7 @@ async def test_cancellation_is_never_retried(reg: resilience.Registry) -> None:
 
 def on_mock_trio(test: Callable[..., Awaitable[None]]) -> Any:
     """Run ``test`` on trio with a MockClock (sleeps jump: no real time passes)."""
-    trio_testing = pytest.importorskip("trio.testing")
-    backend = ("trio", {"clock": trio_testing.MockClock(autojump_threshold=0)})
+    backend = ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
     return pytest.mark.parametrize("anyio_backend", [backend], ids=["trio-mockclock"])(test)
 
 
