@@ -6,7 +6,6 @@ directory; :meth:`Procs.aclose` stops whatever is still running (also on Ctrl-C 
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import socket
@@ -21,7 +20,8 @@ from typing import Any
 import anyio
 import httpx
 from anyio.abc import Process, TaskGroup
-from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ..rpc.children import read_events
 
 __all__ = ["ROOT", "EtcdMember", "NodeProc", "Procs", "Prometheus", "free_port", "tail"]
 
@@ -244,22 +244,13 @@ class Procs:
         return node
 
     async def _read(self, node: NodeProc, process: Process) -> None:
-        assert process.stdout is not None
-        lines = BufferedByteReceiveStream(process.stdout)
-        while True:
-            try:
-                line = await lines.receive_until(b"\n", 1 << 20)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                    anyio.ClosedResourceError):
-                break
-            try:
-                event: Json = json.loads(line)
-            except ValueError:
-                continue
+        def on_event(event: Json) -> None:
             if event.get("event") == "ready":
                 node.info = event
                 node.ready.set()
             self.on_event(node, event)
+
+        await read_events(process, on_event)
         await process.wait()
         if node.process is process:
             node.alive = False

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from resilience import StateChange, configure_command, run, subscribe, tls
 
 from ..rpc import jsonrpc as rpc
+from ..rpc.children import stop_on_signals
 from ..rpc.pki import PKI, cert_paths, serial_of
 from .checks import Measured, checks, phase_table
 from .config import ADMIN_PATH, ELECTION, FAILED, FENCE, LEASE_TTL, LOG, NODES, RESULTS, TASKS
@@ -457,15 +458,12 @@ class Demo:
         finally:
             unsubscribe()
 
+    def _interrupted(self) -> None:
+        self.interrupted = True
+
     async def _signals(self, scope: anyio.CancelScope) -> None:
         """Ctrl-C or SIGTERM: stop the story; every process is stopped on the way out."""
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                self.interrupted = True
-                self.out.write(f"\ninterrupted ({signal.Signals(signum).name}): stopping "
-                               "every process\n")
-                scope.cancel()
-                return
+        await stop_on_signals(scope, self.out, "every process", self._interrupted)
 
     async def _main(self) -> bool | None:
         async with anyio.create_task_group() as tg:

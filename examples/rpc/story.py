@@ -14,7 +14,6 @@ out.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import socket
@@ -30,12 +29,12 @@ from typing import Any, TextIO
 import anyio
 import httpx
 from anyio.abc import Process, TaskGroup
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from resilience import Retry, tls
 from resilience.httpx import AsyncCommandTransport
 
 from .checks import Measured, checks, table
+from .children import read_events, stop_on_signals
 from .jsonrpc import RpcError, RpcUnavailable, call
 from .node import ADMIN_PATH, CALL_EVERY, CALL_TIMEOUT, SHED_LIMIT, SHED_TIMEOUT
 from .pki import PKI, cert_paths
@@ -154,22 +153,13 @@ class Story:
                                f"before it was ready (log: {node.log})")
 
     async def _read(self, node: NodeProc, process: Process) -> None:
-        assert process.stdout is not None
-        lines = BufferedByteReceiveStream(process.stdout)
-        while True:
-            try:
-                line = await lines.receive_until(b"\n", 1 << 20)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                    anyio.ClosedResourceError):
-                break
-            try:
-                event: Json = json.loads(line)
-            except ValueError:
-                continue
+        def on_event(event: Json) -> None:
             if event.get("event") == "ready":
                 node.pid = int(event["pid"])
                 node.ready.set()
             self.on_event(node, event)
+
+        await read_events(process, on_event)
         code = await process.wait()
         node.ready.set()  # (a node that died before it was ready: do not wait for it)
         if not self.quiet and code not in (0, -signal.SIGKILL):
@@ -270,14 +260,11 @@ class Story:
 
     # -- the run --------------------------------------------------------------------------------
 
+    def _interrupted(self) -> None:
+        self.interrupted = True
+
     async def _signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                self.interrupted = True
-                self.out.write(f"\ninterrupted ({signal.Signals(signum).name}): stopping "
-                               "the nodes\n")
-                scope.cancel()
-                return
+        await stop_on_signals(scope, self.out, "the nodes", self._interrupted)
 
     async def main(self) -> bool | None:
         """Tell the story; whether every check passed (None: interrupted)."""
