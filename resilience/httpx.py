@@ -13,6 +13,13 @@ Needs the ``[httpx]`` extra (``import resilience`` alone never imports httpx). S
 
 from __future__ import annotations
 
+try:
+    import httpx  # noqa: F401  (the extra's one dependency)
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "resilience.httpx needs httpx: pip install 'anyio-resilience[httpx]' (or httpx)"
+    ) from exc
+
 from ._httpx import AsyncCommandTransport, CommandTransport
 from ._httpx_errors import HTTPCircuitOpenError, HTTPCommandTimeoutError, HTTPMaxConcurrencyError
 
