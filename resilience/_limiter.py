@@ -48,6 +48,7 @@ from ._errors import RateLimitedError
 from ._exporter import Hub
 from ._names import check_name
 from ._store import StoreCore
+from ._validate import check_finite
 
 __all__ = ["LimiterStatistics", "RateLimiter"]
 
@@ -98,16 +99,7 @@ class _Shared(Protocol):
 
 
 def _number(field: str, value: object, *, minimum: float, inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"RateLimiter {field} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"RateLimiter {field} must be a finite number, got {value!r}")
-    if not (value >= minimum if inclusive else value > minimum):
-        raise ValueError(
-            f"RateLimiter {field} must be {'>=' if inclusive else '>'} {minimum:g}, "
-            f"got {value!r}"
-        )
-    return float(value)
+    return check_finite(f"RateLimiter {field}", value, minimum=minimum, inclusive=inclusive)
 
 
 def _integer(field: str, value: object, minimum: int) -> int:

@@ -6,16 +6,15 @@ a full pass through the command, and ``CircuitCore`` keeps the budget in the rol
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 from ._validate import (
     MAX_SECONDS,
     ExceptionMatcher,
+    check_finite,
     check_fraction,
     check_int,
-    check_number,
     check_seconds,
     exception_matcher,
 )
@@ -50,22 +49,14 @@ class Retry:
     def __post_init__(self) -> None:
         check_int("attempts", self.attempts, 1)
         check_seconds("backoff", self.backoff, minimum=0.0, inclusive=True)
-        check_number("multiplier", self.multiplier)
-        if not 1 <= self.multiplier < math.inf:
-            raise ValueError(f"multiplier must be >= 1 and finite, got {self.multiplier!r}")
+        check_finite("multiplier", self.multiplier, minimum=1.0, inclusive=True)
         check_seconds("max_backoff", self.max_backoff, minimum=0.0, inclusive=True)
         check_fraction("jitter", self.jitter)
         object.__setattr__(self, "on", exception_matcher("on", self.on))
         if self.budget is not None:
-            check_number("budget", self.budget)
-            if not 0 <= self.budget < math.inf:
-                raise ValueError(f"budget must be >= 0 and finite, or None; got {self.budget!r}")
-        check_number("min_retries_per_second", self.min_retries_per_second)
-        if not 0 <= self.min_retries_per_second < math.inf:
-            raise ValueError(
-                "min_retries_per_second must be >= 0 and finite, "
-                f"got {self.min_retries_per_second!r}"
-            )
+            check_finite("budget", self.budget, minimum=0.0, inclusive=True)
+        check_finite("min_retries_per_second", self.min_retries_per_second, minimum=0.0,
+                     inclusive=True)
 
     def retries(self, error: Exception) -> bool:
         """Whether ``on`` says to retry ``error`` (a predicate that raises propagates)."""

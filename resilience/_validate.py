@@ -10,6 +10,7 @@ __all__ = [
     "MAX_SECONDS",
     "ExceptionMatcher",
     "check_bool",
+    "check_finite",
     "check_fraction",
     "check_int",
     "check_number",
@@ -48,6 +49,21 @@ def check_seconds(field: str, value: object, *, minimum: float, inclusive: bool)
             f"{field} must be {sign} {minimum:g} and at most {MAX_SECONDS:g} seconds, "
             f"got {value!r}"
         )
+
+
+def check_finite(
+    field: str, value: object, *, minimum: float, inclusive: bool, maximum: float = math.inf
+) -> float:
+    """A finite number ``> minimum`` (``>=`` if ``inclusive``) and ``<= maximum``, as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    if not (value >= minimum if inclusive else value > minimum):
+        raise ValueError(f"{field} must be {'>=' if inclusive else '>'} {minimum:g}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{field} must be at most {maximum:g}, got {value!r}")
+    return float(value)
 
 
 def check_fraction(field: str, value: object) -> None:

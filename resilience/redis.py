@@ -17,7 +17,6 @@ the store's own background thread (the shared view of circuits), from the caller
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,7 +35,7 @@ from ._names import check_name
 from ._store import StoreCore
 from ._store_limiter import SharedBudget
 from ._store_scripts import GCRA, LEASE, PING, REFUND, SYNC
-from ._validate import MAX_SECONDS
+from ._validate import MAX_SECONDS, check_finite
 
 __all__ = ["RedisStore"]
 
@@ -44,13 +43,8 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 
 def _seconds(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"RedisStore {field} must be a number, got {value!r}")
-    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
-        raise ValueError(
-            f"RedisStore {field} must be > 0 and at most {MAX_SECONDS:g} seconds, got {value!r}"
-        )
-    return float(value)
+    return check_finite(f"RedisStore {field}", value, minimum=0.0, inclusive=False,
+                        maximum=MAX_SECONDS)
 
 
 def _label(url: str, prefix: str) -> str:
