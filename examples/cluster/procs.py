@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import anyio
 import httpx
 from anyio.abc import Process, TaskGroup
 
-from ..rpc.children import read_events
+from ..rpc.children import free_port, read_events, stop
 
 __all__ = ["ROOT", "EtcdMember", "NodeProc", "Procs", "Prometheus", "free_port", "tail"]
 
@@ -29,30 +28,6 @@ __all__ = ["ROOT", "EtcdMember", "NodeProc", "Procs", "Prometheus", "free_port",
 ROOT = Path(__file__).resolve().parents[2]
 
 Json = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _stop(process: Process, grace: float) -> None:
-    if process.returncode is None:
-        try:
-            process.terminate()
-        except ProcessLookupError:
-            pass
-        with anyio.move_on_after(grace):
-            await process.wait()
-    if process.returncode is None:
-        try:
-            process.kill()
-        except ProcessLookupError:
-            pass
-        with anyio.CancelScope(shield=True):
-            await process.wait()
 
 
 @dataclass
@@ -142,7 +117,7 @@ class Prometheus:
 
     async def aclose(self) -> None:
         if self.process is not None:
-            await _stop(self.process, 3.0)
+            await stop(self.process, 3.0)
 
 
 class Procs:
@@ -265,18 +240,18 @@ class Procs:
     async def stop_node(self, node_id: str) -> None:
         node = self.nodes[node_id]
         if node.process is not None:
-            await _stop(node.process, 3.0)
+            await stop(node.process, 3.0)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for n in self.nodes.values():
                     if n.process is not None:
-                        tg.start_soon(_stop, n.process, 3.0)
+                        tg.start_soon(stop, n.process, 3.0)
             async with anyio.create_task_group() as tg:
                 for m in self.members.values():
                     if m.process is not None:
-                        tg.start_soon(_stop, m.process, 3.0)
+                        tg.start_soon(stop, m.process, 3.0)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from resilience import StateChange, configure_command, run, subscribe, tls
 
 from ..rpc import jsonrpc as rpc
-from ..rpc.children import stop_on_signals
+from ..rpc.children import Phase, stop_on_signals
 from ..rpc.pki import PKI, cert_paths, serial_of
 from .checks import Measured, checks, phase_table
 from .config import ADMIN_PATH, ELECTION, FAILED, FENCE, LEASE_TTL, LOG, NODES, RESULTS, TASKS
@@ -57,14 +56,6 @@ KILLED_WORKER = "w3"
 SLOW_WORKER = "w2"
 SLOW_DELAY = 1.2  # seconds added to each task on the slowed worker
 TASKS_PER_SECOND = 15.0
-
-
-@dataclass(frozen=True, slots=True)
-class Phase:
-    name: str
-    seconds: float
-    quick: float
-    what: str
 
 
 PHASES = (

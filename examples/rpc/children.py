@@ -1,20 +1,58 @@
-"""What the examples' stories share about their child processes: reading the JSON lines a
-node prints (its ``ready`` event first), and stopping the story on Ctrl-C or SIGTERM."""
+"""What the examples' stories share about their child processes: free ports, reading the
+JSON lines a node prints (its ``ready`` event first), stopping a node, stopping the story on
+Ctrl-C or SIGTERM, and the phases a story is told in."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["read_events", "stop_on_signals"]
+__all__ = ["Phase", "free_port", "read_events", "stop", "stop_on_signals"]
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One phase of a story: its name, its length (normal and ``--quick``), what happens."""
+
+    name: str
+    seconds: float
+    quick: float
+    what: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def stop(process: Process, grace: float = 3.0) -> None:
+    """SIGTERM (a node stops cleanly), then SIGKILL after ``grace`` seconds."""
+    if process.returncode is None:
+        try:
+            process.terminate()
+        except ProcessLookupError:
+            pass
+        with anyio.move_on_after(grace):
+            await process.wait()
+    if process.returncode is None:
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
+        with anyio.CancelScope(shield=True):
+            await process.wait()
 
 
 async def read_events(process: Process, on_event: Callable[[Json], None]) -> None:

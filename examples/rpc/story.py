@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from resilience import Retry, tls
 from resilience.httpx import AsyncCommandTransport
 
 from .checks import Measured, checks, table
-from .children import read_events, stop_on_signals
+from .children import Phase, free_port, read_events, stop, stop_on_signals
 from .jsonrpc import RpcError, RpcUnavailable, call
 from .node import ADMIN_PATH, CALL_EVERY, CALL_TIMEOUT, SHED_LIMIT, SHED_TIMEOUT
 from .pki import PKI, cert_paths
@@ -56,14 +55,6 @@ SLOW_DELAY = 1.0
 RESTORE_GRACE = 4.0
 
 
-@dataclass(frozen=True, slots=True)
-class Phase:
-    name: str
-    seconds: float
-    quick: float
-    what: str
-
-
 PHASES = (
     Phase("steady", 2.0, 1.0, f"every node calls both methods of both peers every "
           f"{CALL_EVERY:g} s"),
@@ -72,13 +63,6 @@ PHASES = (
           f"past the callers' {CALL_TIMEOUT:g} s timeout"),
     Phase("restore", 2.0, 1.0, f"restart {KILLED} on the same port; {SLOWED} back to normal"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -198,7 +182,7 @@ class Story:
             async with anyio.create_task_group() as tg:
                 for node in self.nodes.values():
                     if node.process is not None:
-                        tg.start_soon(_stop, node.process)
+                        tg.start_soon(stop, node.process)
 
     # -- the phases ---------------------------------------------------------------------------
 
@@ -315,23 +299,6 @@ def _recovered(window: dict[str, Json]) -> bool:
             if len(methods) < 2 or any(s["last"] != "ok" for s in methods.values()):
                 return False
     return True
-
-
-async def _stop(process: Process, grace: float = 3.0) -> None:
-    """SIGTERM (a node stops cleanly), then SIGKILL after ``grace`` seconds."""
-    if process.returncode is None:
-        try:
-            process.terminate()
-        except ProcessLookupError:
-            pass
-        with anyio.move_on_after(grace):
-            await process.wait()
-    if process.returncode is None:
-        try:
-            process.kill()
-        except ProcessLookupError:
-            pass
-        await process.wait()
 
 
 async def _run(opts: argparse.Namespace, out: TextIO) -> int:
