@@ -104,10 +104,11 @@ class CircuitCore:
     """
 
     __slots__ = (
-        "__weakref__", "bus", "calls", "clock", "config", "count_rejections", "duration",
+        "__weakref__", "bus", "calls", "clock", "config", "duration",
         "events", "failed_if", "fast_gen", "gen", "ignore", "in_flight", "limit", "lock",
         "max", "max_wait", "name", "open_until", "opened_at", "refused", "retry", "series",
-        "shared", "state", "threads", "timeout", "trial_at", "trial_busy", "waiters", "window",
+        "shared", "state", "threads", "timeout", "token", "trial_at", "trial_busy", "trip_percent",
+        "volume", "waiters", "window",
     )
 
     def __init__(
@@ -121,6 +122,7 @@ class CircuitCore:
         self.name = name
         self.series = series
         self.lock = series.lock
+        self.token = series.lock.token  # the hot path takes and gives the lock inline
         self.calls = series.calls
         self.duration = series.duration
         self.clock = clock
@@ -136,7 +138,7 @@ class CircuitCore:
         self.refused: CommandError | None = None  # handed from admit() to its caller
         self.events: list[StateChange] = []
         self.waiters: deque[SlotWaiter] = deque()
-        self.window = RollingWindow(config.rolling_window, config.buckets)
+        self.window = RollingWindow(config.rolling_window, config.buckets, config.count_rejections)
         self.config = config
         with self.lock:
             self._apply()
@@ -149,12 +151,12 @@ class CircuitCore:
         return OPEN if self.config.force_open else self.state
 
     def error_ratio(self) -> float:
-        requests, errors = self.window.health(self.clock(), self.count_rejections)
+        requests, errors = self.window.health(self.clock())
         return errors / requests if requests else 0.0
 
     def snapshot(self) -> CircuitStatistics:
         """The rolling window now (lock held)."""
-        return statistics_of(self.window.roll(self.clock()), self.count_rejections)
+        return statistics_of(self.window.roll(self.clock()))
 
     # -- configuration (lock held by the caller of these) ---------------------------------
 
@@ -162,7 +164,11 @@ class CircuitCore:
         old = self.config
         before = self.state_index
         if (old.rolling_window, old.buckets) != (config.rolling_window, config.buckets):
-            self.window = RollingWindow(config.rolling_window, config.buckets)
+            self.window = RollingWindow(
+                config.rolling_window, config.buckets, config.count_rejections
+            )
+        elif old.count_rejections != config.count_rejections:
+            self.window.recount(config.count_rejections)
         self.config = config
         reason = "configured"
         if config.force_closed and self.state != CLOSED:
@@ -195,7 +201,9 @@ class CircuitCore:
         self.failed_if = config.failed_if
         self.retry = config.retry
         self.ignore = config.ignore_exceptions
-        self.count_rejections = config.count_rejections
+        self.volume = config.request_volume_threshold
+        # (100 * errors >= trip_percent * requests: never true while forced closed)
+        self.trip_percent = float("inf") if config.force_closed else config.error_percent_threshold
         self.open_until = self.opened_at + config.sleep_window
         fast = self.state == CLOSED and not config.force_open
         # Admission shortcut: a free slot below this limit means "closed, not forced, admit".
@@ -268,7 +276,7 @@ class CircuitCore:
             w.cum[SHORT_CIRCUITED] += 1
         else:
             w.add(now, SHORT_CIRCUITED)
-        self.refused = circuit_open(self.name, retry_after, tuple(w.totals), self.count_rejections)
+        self.refused = circuit_open(self.name, retry_after, tuple(w.totals))
         return REFUSED
 
     def try_admit(
@@ -361,34 +369,22 @@ class CircuitCore:
         if state == CLOSED:
             if now is None:
                 now = self.clock()
+            # closed -> open when the volume and error-percentage thresholds are both met
             w = self.window
-            if now >= w.end:  # (``w.add`` inline: every sparse call comes here)
-                w.open_bucket(now)
-            w.cum[kind] += 1
-            self.check_health(now)
+            requests, errors = w.tally(now, kind)
+            if requests < self.volume:
+                return  # (no shortcut until the volume is reached)
+            if 100 * errors >= self.trip_percent * requests and requests:
+                self._to_open(now, "tripped")
+            else:
+                w.fast_until = w.end  # a success only lowers the error rate: skip health
         elif state == HALF_OPEN:
             if kind == SUCCESS:
                 self._to_closed("trial_succeeded")
             elif kind != REJECTED:  # failure or timeout of the trial
                 now = self.clock()
-                self.window.add(now, kind)
+                self.window.tally(now, kind)
                 self._to_open(now, "trial_failed")
-
-    def check_health(self, now: float) -> None:
-        """Closed -> open when the volume and error-percentage thresholds are both met."""
-        w = self.window
-        requests, errors = w.health(now, self.count_rejections)
-        cfg = self.config
-        if (
-            requests
-            and requests >= cfg.request_volume_threshold
-            and 100 * errors >= cfg.error_percent_threshold * requests
-            and not cfg.force_closed
-        ):
-            self._to_open(now, "tripped")
-        else:
-            # Successes below the volume threshold may complete it: count them down.
-            w.countdown = max(cfg.request_volume_threshold - requests, 0)
 
     def record_fallback(self, ok: bool) -> None:
         self.series.fallbacks[0 if ok else 1] += 1
@@ -412,7 +408,7 @@ class CircuitCore:
             return True
         now = self.clock()
         window = self.window
-        requests, _ = window.health(now, self.count_rejections)
+        requests, _ = window.health(now)
         retries = window.count(RETRIES)
         first = max(requests - retries, 0)
         if retries + 1 > budget * first + per_second * self.config.rolling_window:

@@ -35,6 +35,7 @@ from ._names import check_name
 __all__ = [
     "DEFAULT_MAX_NAMES",
     "DURATION_BUCKETS",
+    "FIRST_BOUND",
     "CommandSeries",
     "Histogram",
     "HistogramSnapshot",
@@ -55,6 +56,8 @@ DEFAULT_MAX_NAMES = 1000
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
+#: The command hot path counts a duration up to this straight into the first bucket.
+FIRST_BOUND = DURATION_BUCKETS[0]
 
 
 class Histogram:

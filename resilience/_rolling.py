@@ -6,13 +6,14 @@ Every cost is O(1) in the number of buckets, and rolling the window subtracts no
   snapshot of ``cum`` taken when it opened. The window is ``cum - base``, where ``base`` is
   the snapshot of the oldest live bucket: expiring buckets only pops snapshots off a deque
   (each bucket is pushed once and popped once, whatever the gap between calls);
-* health reads the four kinds it needs straight from ``cum`` and ``base``; ``totals`` (all
-  kinds) is built only for snapshots;
+* health reads the two kinds it needs (``SUCCESS`` and the running ``ERRORS``) straight from
+  ``cum`` and ``base``; ``totals`` (all kinds) is built only for snapshots;
 * ``end`` lets the hot path count straight into ``cum`` while ``now < end``.
 
-``countdown`` belongs to the circuit's success shortcut: how many more successes may be
-counted without evaluating health. Every roll sets it to 1, since forgetting old buckets
-changes the error rate behind the shortcut's back.
+``fast_until`` belongs to the circuit's success shortcut: until when a success may be counted
+straight into ``cum`` without evaluating health (``-inf``: not now). The circuit sets it to
+``end`` once the volume threshold is reached; every roll resets it, since forgetting old
+buckets changes the error rate behind the shortcut's back.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from math import floor
 from operator import sub
 
 from ._outcomes import (
+    ERRORS,
     FAILURE,
     FALLBACK_FAILED,
     FALLBACK_OK,
@@ -42,20 +43,24 @@ _NEVER = -float("inf")
 class RollingWindow:
     """Counts of each outcome kind over the last ``length`` seconds (bucket-granular)."""
 
-    __slots__ = ("_inv_width", "_live", "_n", "_width", "base", "countdown", "cum", "end")
+    __slots__ = (
+        "_error_below", "_inv_width", "_live", "_n", "_width", "base", "cum", "end", "fast_until",
+    )
 
-    def __init__(self, length: float, buckets: int) -> None:
+    def __init__(self, length: float, buckets: int, count_rejections: bool = True) -> None:
+        #: kinds 1 (FAILURE) up to this one, excluded, are errors (REJECTED with count_rejections)
+        self._error_below = REJECTED + 1 if count_rejections else REJECTED
         self._n = buckets
         self._width = length / buckets
         self._inv_width = buckets / length
         #: (bucket index, ``cum`` when it opened), oldest first
-        self._live: deque[tuple[int, list[int]]] = deque()
+        self._live: deque[tuple[float, list[int]]] = deque()
         #: Counts since the last reset; a caller with ``now < end`` may count into it directly.
         self.cum = [0] * KINDS
         #: ``cum`` when the oldest live bucket opened (never written: snapshots are frozen).
         self.base = [0] * KINDS
         self.end = _NEVER
-        self.countdown = 1
+        self.fast_until = _NEVER
 
     @property
     def totals(self) -> list[int]:
@@ -67,9 +72,7 @@ class RollingWindow:
 
     def add(self, now: float, kind: int) -> None:
         """Count one event of ``kind`` at time ``now``."""
-        if now >= self.end:
-            self.open_bucket(now)
-        self.cum[kind] += 1
+        self.tally(now, kind)
 
     def roll(self, now: float) -> list[int]:
         """Forget what has expired at ``now``; return the totals (a new list)."""
@@ -79,18 +82,61 @@ class RollingWindow:
     def expire(self, now: float) -> None:
         """Forget what has expired at ``now``."""
         if now >= self.end:
-            self._expire(floor(now * self._inv_width))
+            self._expire((now * self._inv_width) // 1.0)
             self.end = _NEVER  # the next add opens the bucket of its own time
-            self.countdown = 1
+            self.fast_until = _NEVER
 
-    def health(self, now: float, count_rejections: bool) -> tuple[int, int]:
+    def health(self, now: float) -> tuple[int, int]:
         """``(requests, errors)`` at ``now``, as the circuit's health sees them."""
         if now >= self.end:
             self.expire(now)
         cum, base = self.cum, self.base
-        errors = cum[FAILURE] - base[FAILURE] + cum[TIMEOUT] - base[TIMEOUT]
-        if count_rejections:
-            errors += cum[REJECTED] - base[REJECTED]
+        errors = cum[ERRORS] - base[ERRORS]
+        return cum[SUCCESS] - base[SUCCESS] + errors, errors
+
+    def recount(self, count_rejections: bool) -> None:
+        """``count_rejections`` changed: recount ``ERRORS`` in ``cum`` and every snapshot."""
+        self._error_below = REJECTED + 1 if count_rejections else REJECTED
+        for counts in (self.cum, self.base, *(snapshot for _, snapshot in self._live)):
+            counts[ERRORS] = counts[FAILURE] + counts[TIMEOUT]
+            if count_rejections:
+                counts[ERRORS] += counts[REJECTED]
+        self.invalidate()
+
+    def tally(self, now: float, kind: int) -> tuple[int, int]:
+        """Count one event of ``kind`` at ``now``; return ``health(now)`` after it.
+
+        The circuit's path for every outcome that cannot take its shortcut, so opening a
+        bucket is written out here (one frame: sparse calls roll the window every time). The
+        bucket of ``now`` becomes the newest, and what has expired by then is forgotten;
+        bucket indexes are whole floats."""
+        cum = self.cum
+        if now >= self.end:
+            index = (now * self._inv_width) // 1.0
+            live = self._live
+            if not live:
+                self.base = snapshot = cum[:]
+                live.append((index, snapshot))
+            elif live[-1][0] >= index:
+                # still the newest bucket's time (after a read), or a clock that stepped
+                # back: keep counting in the newest bucket
+                index = live[-1][0]
+            else:
+                live.append((index, cum[:]))
+                oldest_kept = index - self._n
+                if live[0][0] <= oldest_kept:  # expired buckets: each is popped once
+                    popleft = live.popleft
+                    popleft()
+                    while live[0][0] <= oldest_kept:
+                        popleft()
+                    self.base = live[0][1]
+            self.end = (index + 1.0) * self._width
+            self.fast_until = _NEVER
+        cum[kind] += 1
+        if kind and kind < self._error_below:  # (SUCCESS is 0)
+            cum[ERRORS] += 1
+        base = self.base
+        errors = cum[ERRORS] - base[ERRORS]
         return cum[SUCCESS] - base[SUCCESS] + errors, errors
 
     def reset(self) -> None:
@@ -98,14 +144,14 @@ class RollingWindow:
         self.cum = [0] * KINDS
         self.base = [0] * KINDS
         self.end = _NEVER
-        self.countdown = 1
+        self.fast_until = _NEVER
 
     def invalidate(self) -> None:
         """Send the next outcome through the full health check (a configuration change)."""
         self.end = _NEVER
-        self.countdown = 1
+        self.fast_until = _NEVER
 
-    def _expire(self, index: int) -> None:
+    def _expire(self, index: float) -> None:
         live = self._live
         oldest_kept = index - self._n + 1
         if live and live[0][0] < oldest_kept:
@@ -113,25 +159,6 @@ class RollingWindow:
             while live and live[0][0] < oldest_kept:
                 popleft()
             self.base = live[0][1] if live else self.cum[:]
-
-    def open_bucket(self, now: float) -> None:
-        """Start counting at ``now`` (``now >= end``): the bucket of ``now`` becomes the newest,
-        and what has expired by then is forgotten."""
-        index = floor(now * self._inv_width)
-        live = self._live
-        if live and live[0][0] <= index - self._n:
-            self._expire(index)
-        if live and live[-1][0] >= index:
-            # still the newest bucket's time (after a read), or a clock that stepped back:
-            # keep counting in the newest bucket
-            index = live[-1][0]
-        else:
-            snapshot = self.cum[:]
-            live.append((index, snapshot))
-            if len(live) == 1:
-                self.base = snapshot
-        self.end = (index + 1) * self._width
-        self.countdown = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,16 +180,10 @@ class CircuitStatistics:
     error_percent: float = 0.0
 
 
-def health(totals: Sequence[int], count_rejections: bool) -> tuple[int, int]:
-    """``(requests, errors)`` as the circuit's health sees them."""
-    errors = totals[FAILURE] + totals[TIMEOUT]
-    if count_rejections:
-        errors += totals[REJECTED]
-    return totals[SUCCESS] + errors, errors
-
-
-def statistics_of(totals: Sequence[int], count_rejections: bool) -> CircuitStatistics:
-    requests, errors = health(totals, count_rejections)
+def statistics_of(totals: Sequence[int]) -> CircuitStatistics:
+    """The snapshot of a window's ``totals``."""
+    errors = totals[ERRORS]
+    requests = totals[SUCCESS] + errors
     return CircuitStatistics(
         requests=requests,
         successes=totals[SUCCESS],

@@ -216,3 +216,30 @@ async def test_count_rejections_decides_whether_rejections_trip(
         assert stats.rejections == 10  # still counted in statistics and metrics
         assert calls_total(metrics_registry, "cr", "rejected") == 10
         assert stats.error_percent == 0.0
+
+
+async def test_changing_count_rejections_recounts_the_rejections_already_in_the_window(
+    reg: resilience.Registry,
+) -> None:
+    """The window keeps a running error total: switching ``count_rejections`` mid-window
+    recounts it, so health and statistics agree with the new setting at once."""
+    reg.configure_command(
+        "flip", max_concurrent_requests=1, request_volume_threshold=10**6, timeout=None,
+        count_rejections=False,
+    )
+    holder = Hold()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reg.run, "flip", holder.fn)
+        await holder.entered.wait()
+        for _ in range(3):
+            with pytest.raises(MaxConcurrencyError):
+                await reg.run("flip", Hold().fn)
+        holder.release.set()
+    circuit = reg.get_circuit("flip")
+    before = circuit.statistics()
+    assert (before.requests, before.rejections, before.error_percent) == (1, 3, 0.0)
+    reg.configure_command("flip", count_rejections=True)
+    after = circuit.statistics()
+    assert (after.requests, after.rejections, after.error_percent) == (4, 3, 75.0)
+    reg.configure_command("flip", count_rejections=False)
+    assert circuit.statistics() == before

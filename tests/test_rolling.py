@@ -8,13 +8,23 @@ from math import floor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience._outcomes import KINDS
-from resilience._rolling import RollingWindow
+from resilience._outcomes import ERRORS, FAILURE, KINDS, REJECTED, SUCCESS, TIMEOUT
+from resilience._rolling import RollingWindow, statistics_of
 
-events = st.lists(
-    st.tuples(st.floats(min_value=0.0, max_value=50.0), st.integers(0, KINDS - 1)),
+events = st.lists(  # every kind but ERRORS, which the window keeps itself
+    st.tuples(st.floats(min_value=0.0, max_value=50.0), st.integers(0, ERRORS - 1)),
     max_size=200,
 )
+
+
+def _brute(seen: list[tuple[int, int]], newest: int, buckets: int, rejections: bool) -> list[int]:
+    expected = [0] * KINDS
+    for i, k in seen:
+        if i > newest - buckets:
+            expected[k] += 1
+    errors = (FAILURE, TIMEOUT, REJECTED) if rejections else (FAILURE, TIMEOUT)
+    expected[ERRORS] = sum(expected[k] for k in errors)
+    return expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -23,31 +33,39 @@ events = st.lists(
     buckets=st.integers(1, 50),
     steps=events,
     read_at=st.floats(min_value=0.0, max_value=80.0),
+    rejections=st.booleans(),
+    flip_at=st.integers(0, 250),
 )
 def test_totals_equal_a_brute_force_count(
-    length: float, buckets: int, steps: list[tuple[float, int]], read_at: float
+    length: float,
+    buckets: int,
+    steps: list[tuple[float, int]],
+    read_at: float,
+    rejections: bool,
+    flip_at: int,
 ) -> None:
-    w = RollingWindow(length, buckets)
+    """Counting, health and rolling (``tally``) against a recount from scratch, with
+    ``count_rejections`` changed once on the way (``recount``)."""
+    w = RollingWindow(length, buckets, rejections)
     inv = buckets / length
     now = 0.0
     seen: list[tuple[int, int]] = []  # (bucket index, kind)
-    for dt, kind in steps:
+    for step, (dt, kind) in enumerate(steps):
+        if step == flip_at:
+            rejections = not rejections
+            w.recount(rejections)
         now += dt
-        w.add(now, kind)
+        requests, errors = w.tally(now, kind)
         seen.append((floor(now * inv), kind))
         newest = max(i for i, _ in seen)
-        expected = [0] * KINDS
-        for i, k in seen:
-            if i > newest - buckets:
-                expected[k] += 1
+        expected = _brute(seen, newest, buckets, rejections)
         assert w.totals == expected
+        assert (requests, errors) == (expected[SUCCESS] + expected[ERRORS], expected[ERRORS])
+        assert w.health(now) == (requests, errors)
+        assert statistics_of(w.totals).requests == requests
     at = now + read_at
     idx = max([floor(at * inv)] + [i for i, _ in seen])
-    expected = [0] * KINDS
-    for i, k in seen:
-        if i > idx - buckets:
-            expected[k] += 1
-    assert w.roll(at) == expected
+    assert w.roll(at) == _brute(seen, idx, buckets, rejections)
 
 
 def _cost(buckets: int, gap: float) -> float:
