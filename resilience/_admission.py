@@ -9,13 +9,14 @@ refusal (``CircuitOpenError``, ``MaxConcurrencyError``).
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 
 from ._backend import Wakeup, checkpoint
 from ._circuit import NEED_WAITER, WAITING, CircuitCore, SlotWaiter, publish
 from ._errors import CircuitOpenError, MaxConcurrencyError
+from ._lock import wait_token
 from ._outcomes import CANCELLED
 
 __all__ = ["REFUSALS", "admit", "admit_now", "admit_waiting", "dequeue", "enqueue"]
@@ -43,18 +44,18 @@ async def admit(core: CircuitCore, ticket: list[int]) -> int:
 def admit_now(core: CircuitCore, ticket: list[int]) -> int:
     """The generation, NEED_WAITER (a slot may free up within ``max_wait``), or raise the
     refusal. (``lock.run`` written inline: this is the refused call's path.)"""
-    lock = core.lock
-    held: bool | None = False
+    token = core.token
+    held: Any = False
     try:
-        held = lock.acquire()
+        held = wait_token(token)
         gen = core.admit(ticket, None)
         refused = core.refused
         core.refused = None
         events = core.events and core.take_events()
-        held = lock.give(True)
+        held = token.append(True)
     finally:
         if held:
-            lock.give(True)
+            token.append(True)
     if events:
         publish(core, events)
     if gen >= 0 or gen == NEED_WAITER:

@@ -276,7 +276,7 @@ class CircuitCore:
             w.cum[SHORT_CIRCUITED] += 1
         else:
             w.add(now, SHORT_CIRCUITED)
-        self.refused = circuit_open(self.name, retry_after, tuple(w.totals))
+        self.refused = circuit_open(self.name, retry_after, w.freeze())
         return REFUSED
 
     def try_admit(

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from ._rolling import CircuitStatistics, statistics_of
+from ._rolling import CircuitStatistics, statistics_between
 
 __all__ = [
     "CircuitOpenError",
@@ -48,7 +48,7 @@ class CircuitOpenError(CommandError):
     """
 
     # Raised on the fast-fail path: one slot holds (command, retry_after, statistics), where
-    # statistics may still be the window's raw totals (a tuple): the snapshot and the
+    # statistics may still be the frozen window, a (cum, base) pair: the snapshot and the
     # message are built only when somebody looks.
     __slots__ = ("_info",)
 
@@ -74,7 +74,7 @@ class CircuitOpenError(CommandError):
     def statistics(self) -> CircuitStatistics:
         command, retry_after, stats = self._info
         if isinstance(stats, tuple):
-            stats = statistics_of(stats)
+            stats = statistics_between(*stats)
             self._info = (command, retry_after, stats)
         return stats  # type: ignore[no-any-return]
 
@@ -92,12 +92,12 @@ class CircuitOpenError(CommandError):
 
 
 def circuit_open(
-    command: str, retry_after: float | None, totals: tuple[int, ...]
+    command: str, retry_after: float | None, frozen: tuple[list[int], list[int]]
 ) -> CircuitOpenError:
     """A ``CircuitOpenError`` built for the fast-fail path: no ``__init__``, no message and
     no statistics snapshot until somebody reads them."""
     exc = Exception.__new__(CircuitOpenError, command)
-    exc._info = (command, retry_after, totals)
+    exc._info = (command, retry_after, frozen)
     return exc
 
 

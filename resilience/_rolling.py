@@ -35,7 +35,7 @@ from ._outcomes import (
     TIMEOUT,
 )
 
-__all__ = ["CircuitStatistics", "RollingWindow", "statistics_of"]
+__all__ = ["CircuitStatistics", "RollingWindow", "statistics_between", "statistics_of"]
 
 _NEVER = -float("inf")
 
@@ -67,6 +67,11 @@ class RollingWindow:
         """The window's count of every kind (a new list)."""
         return list(map(sub, self.cum, self.base))
 
+    def freeze(self) -> tuple[list[int], list[int]]:
+        """The window now, cheaply: ``(cum, base)`` copies for :func:`statistics_between`
+        (a copy of ``cum`` and the frozen ``base``: ~40 ns, where ``totals`` costs ~400)."""
+        return self.cum[:], self.base
+
     def count(self, kind: int) -> int:
         return self.cum[kind] - self.base[kind]
 
@@ -97,10 +102,18 @@ class RollingWindow:
     def recount(self, count_rejections: bool) -> None:
         """``count_rejections`` changed: recount ``ERRORS`` in ``cum`` and every snapshot."""
         self._error_below = REJECTED + 1 if count_rejections else REJECTED
-        for counts in (self.cum, self.base, *(snapshot for _, snapshot in self._live)):
+
+        def recounted(counts: list[int]) -> list[int]:
+            counts = counts[:]  # (snapshots stay frozen: a frozen window may still point at them)
             counts[ERRORS] = counts[FAILURE] + counts[TIMEOUT]
             if count_rejections:
                 counts[ERRORS] += counts[REJECTED]
+            return counts
+
+        self.cum = recounted(self.cum)
+        new = {id(snapshot): recounted(snapshot) for _, snapshot in self._live}
+        self.base = new.get(id(self.base)) or recounted(self.base)
+        self._live = deque((index, new[id(snapshot)]) for index, snapshot in self._live)
         self.invalidate()
 
     def tally(self, now: float, kind: int) -> tuple[int, int]:
@@ -178,6 +191,11 @@ class CircuitStatistics:
     fallback_successes: int = 0
     fallback_failures: int = 0
     error_percent: float = 0.0
+
+
+def statistics_between(cum: Sequence[int], base: Sequence[int]) -> CircuitStatistics:
+    """The snapshot of a frozen window (:meth:`RollingWindow.freeze`)."""
+    return statistics_of(list(map(sub, cum, base)))
 
 
 def statistics_of(totals: Sequence[int]) -> CircuitStatistics:
