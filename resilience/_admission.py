@@ -14,12 +14,14 @@ from typing import Any, NoReturn
 import anyio
 
 from ._backend import Wakeup, checkpoint
-from ._circuit import NEED_WAITER, WAITING, CircuitCore, SlotWaiter, publish
-from ._errors import CircuitOpenError, MaxConcurrencyError
+from ._circuit import NEED_WAITER, REFUSED, WAITING, CircuitCore, SlotWaiter, publish
+from ._errors import CircuitOpenError, CommandError, MaxConcurrencyError
 from ._lock import wait_token
 from ._outcomes import CANCELLED
 
-__all__ = ["REFUSALS", "admit", "admit_now", "admit_waiting", "dequeue", "enqueue"]
+__all__ = [
+    "REFUSALS", "admit", "admit_now", "admit_or_refuse", "admit_waiting", "dequeue", "enqueue",
+]
 
 #: The command's own refusals.
 REFUSALS = (CircuitOpenError, MaxConcurrencyError)
@@ -43,7 +45,18 @@ async def admit(core: CircuitCore, ticket: list[int]) -> int:
 
 def admit_now(core: CircuitCore, ticket: list[int]) -> int:
     """The generation, NEED_WAITER (a slot may free up within ``max_wait``), or raise the
-    refusal. (``lock.run`` written inline: this is the refused call's path.)"""
+    refusal."""
+    box: list[CommandError] = []
+    gen = admit_or_refuse(core, ticket, box)
+    if gen == REFUSED:
+        raise box.pop()  # (not from a local: no exception -> traceback -> frame cycle)
+    return gen
+
+
+def admit_or_refuse(core: CircuitCore, ticket: list[int], box: list[CommandError]) -> int:
+    """``admit_now`` that hands the refusal over in ``box`` (returning REFUSED) instead of
+    raising it, so that the caller raises it once, from where it stands. (``lock.run``
+    written inline: this is the refused call's path.)"""
     token = core.token
     held: Any = False
     try:
@@ -58,13 +71,9 @@ def admit_now(core: CircuitCore, ticket: list[int]) -> int:
             token.append(True)
     if events:
         publish(core, events)
-    if gen >= 0 or gen == NEED_WAITER:
-        return gen
-    assert refused is not None
-    try:
-        raise refused
-    finally:
-        del refused
+    if refused is not None:
+        box.append(refused)
+    return gen
 
 
 async def admit_waiting(core: CircuitCore, ticket: list[int]) -> int:

@@ -21,9 +21,10 @@ from typing import Any
 
 import anyio
 
-from ._admission import REFUSALS, admit_now, admit_waiting
+from ._admission import REFUSALS, admit_or_refuse, admit_waiting
 from ._backend import Deadline, checkpoint, running_loop
 from ._circuit import NEED_WAITER, REFUSED, CircuitCore, publish, timer
+from ._errors import CommandError
 from ._lock import wait_token
 from ._metrics_records import FIRST_BOUND
 from ._outcomes import CANCELLED, SUCCESS
@@ -80,91 +81,101 @@ def coroutine_caller(
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         held = started = deadline = owed = None; gen = REFUSED; ticket = _NO_TICKET  # noqa: E702
-        try:  # (the outer handler: for an interrupt landing in the inner one, or after it)
-            try:
+        while True:  # (never loops: ``break`` takes a refusal past both handlers, raised below)
+            try:  # (the outer handler: for an interrupt landing in the inner one, or after it)
                 try:
-                    held = token.pop()
-                except IndexError:
-                    held = wait_token(token)  # contended: another thread is in a critical section
-                if core.in_flight < core.limit:  # closed, not forced, a slot free, nobody waiting
-                    core.in_flight += 1; gen = core.gen; held = token.append(True)  # noqa: E702
-                else:  # every call is a checkpoint: yield once, then admit, wait or refuse
-                    held = token.append(True); ticket = []; gen = YIELDING  # noqa: E702
-                    await checkpoint()
-                    gen = admit_now(core, ticket)  # raises the refusal
-                    if gen == NEED_WAITER:
-                        gen = await admit_waiting(core, ticket)
-                timeout = core.timeout
-                started = timer()
-                if timeout is None:
-                    result = await fn(*args, **kwargs)
-                else:
-                    loop = running_loop()
-                    if loop is None:
-                        result = await in_cancel_scope(fn, args, kwargs, timeout)
-                    else:
-                        # the inline asyncio deadline (no nested try: its line would be outside
-                        # the handler below); the handler tells our cancel from the caller's
-                        deadline = Deadline(loop, _current_task(loop), timeout)  # type: ignore[arg-type]
+                    try:
+                        held = token.pop()
+                    except IndexError:
+                        held = wait_token(token)  # contended: another thread holds it
+                    if core.in_flight < core.limit:  # closed, not forced, a slot free, none waiting
+                        core.in_flight += 1; gen = core.gen; held = token.append(True)  # noqa: E702
+                    else:  # every call is a checkpoint: yield once, then admit, wait or refuse
+                        held = token.append(True); ticket = []; gen = YIELDING  # noqa: E702
+                        await checkpoint()
+                        box: list[CommandError] = []
+                        gen = admit_or_refuse(core, ticket, box)
+                        if gen < 0:
+                            if gen == NEED_WAITER:
+                                gen = await admit_waiting(core, ticket)
+                            elif fallback is None:
+                                break
+                            else:
+                                raise box.pop()  # to the fallback, through the handler
+                    timeout = core.timeout
+                    started = timer()
+                    if timeout is None:
                         result = await fn(*args, **kwargs)
-                        deadline.disarm()  # (the function may have swallowed our cancel)
-                failed_if = core.failed_if
-                if failed_if is not None:
-                    judge(failed_if, result)
-                ended = timer()
-                duration = ended - started
-                if not shared_clock:
-                    ended = core.clock()  # a test clock: the window runs on it
-                held = wait_token(token)  # (not pop(): a nested try's line is outside the handler)
-                if core.in_flight >= core.max:  # maybe a waiter to hand the slot to (if none
-                    core.release(); g = gen; gen = RELEASED  # noqa: E702  waits, in_flight < max)
-                else:
-                    core.in_flight -= 1; g = gen; gen = RELEASED  # noqa: E702
-                core.calls[0] += 1  # SUCCESS
-                hist = core.duration
-                if duration <= FIRST_BOUND:
-                    hist.counts[0] += 1
-                else:
-                    hist.counts[bisect_left(hist.bounds, duration)] += 1
-                hist.sum += duration
-                window = core.window
-                if ended < window.fast_until and g == core.fast_gen:
-                    # closed, current, volume reached, same bucket as the last evaluated outcome:
-                    # a success only lowers the error rate, so health cannot change
-                    window.cum[0] += 1; held = token.append(True)  # noqa: E702
+                    else:
+                        loop = running_loop()
+                        if loop is None:
+                            result = await in_cancel_scope(fn, args, kwargs, timeout)
+                        else:
+                            # the inline asyncio deadline (no nested try: its line would be outside
+                            # the handler below); the handler tells our cancel from the caller's
+                            deadline = Deadline(loop, _current_task(loop), timeout)  # type: ignore[arg-type]
+                            result = await fn(*args, **kwargs)
+                            deadline.disarm()  # (the function may have swallowed our cancel)
+                    failed_if = core.failed_if
+                    if failed_if is not None:
+                        judge(failed_if, result)
+                    ended = timer()
+                    duration = ended - started
+                    if not shared_clock:
+                        ended = core.clock()  # a test clock: the window runs on it
+                    held = wait_token(token)  # (not pop(): a nested try is outside the handler)
+                    if core.in_flight >= core.max:  # maybe a waiter to hand the slot to (if none
+                        core.release(); g = gen; gen = RELEASED  # noqa: E702  waits, in_flight < max)
+                    else:
+                        core.in_flight -= 1; g = gen; gen = RELEASED  # noqa: E702
+                    core.calls[0] += 1  # SUCCESS
+                    hist = core.duration
+                    if duration <= FIRST_BOUND:
+                        hist.counts[0] += 1
+                    else:
+                        hist.counts[bisect_left(hist.bounds, duration)] += 1
+                    hist.sum += duration
+                    window = core.window
+                    if ended < window.fast_until and g == core.fast_gen:
+                        # closed, current, volume reached, same bucket as the last full check:
+                        # a success only lowers the error rate, so health cannot change
+                        window.cum[0] += 1; held = token.append(True)  # noqa: E702
+                        return result
+                    core.record_window(g, SUCCESS, ended)
+                    if core.events:  # a transition (rare): publish after letting go
+                        events = core.take_events(); held = token.append(True)  # noqa: E702
+                        if events:
+                            publish(core, events)
+                        return result
+                    held = token.append(True)
                     return result
-                core.record_window(g, SUCCESS, ended)
-                if core.events:  # a transition (rare): publish after letting go
-                    events = core.take_events(); held = token.append(True)  # noqa: E702
-                    if events:
-                        publish(core, events)
-                    return result
-                held = token.append(True)
-                return result
-            except BaseException as exc:
+                except BaseException as exc:
+                    if held:
+                        held = token.append(True)
+                    if gen < 0 and gen != RELEASED and ticket:
+                        gen = ticket[0]  # interrupted inside admit() after it took a slot
+                    elif gen == YIELDING and not isinstance(exc, REFUSALS):
+                        core.lock.run(core.count, CANCELLED)  # cancelled at its checkpoint
+                    if deadline is not None and deadline.disarm() and isinstance(
+                        exc, _CancelledError
+                    ):
+                        error: BaseException = Expired(deadline.delay, deadline.when)  # ours
+                    elif gen >= 0 or (fallback is not None and isinstance(exc, REFUSALS)):
+                        error = exc
+                    else:
+                        raise
+                owed = [gen]  # the slot this call holds, until finish() gives it back
+                # Outside the handler, so that nothing we raise from here chains to a private
+                # error. (One-line try: a ``try:`` line of its own is outside the outer handler.)
+                try: return await after_failure(core, fn, args, kwargs, gen, error, started, fallback, owed, report, attempts)  # noqa: E501, E701
+                finally: del error  # noqa: E701  (no exception -> traceback -> frame -> exception cycle)
+            except BaseException:
                 if held:
                     held = token.append(True)
-                if gen < 0 and gen != RELEASED and ticket:
-                    gen = ticket[0]  # interrupted inside admit() after it took a slot
-                elif gen == YIELDING and not isinstance(exc, REFUSALS):
-                    core.lock.run(core.count, CANCELLED)  # cancelled at its checkpoint
-                if deadline is not None and deadline.disarm() and isinstance(exc, _CancelledError):
-                    error: BaseException = Expired(deadline.delay, deadline.when)  # ours
-                elif gen >= 0 or (fallback is not None and isinstance(exc, REFUSALS)):
-                    error = exc
-                else:
-                    raise
-            owed = [gen]  # the slot this call holds, until finish() gives it back
-            # Outside the handler, so that nothing we raise from here chains to a private
-            # error. (One-line try: a ``try:`` line of its own is outside the outer handler.)
-            try: return await after_failure(core, fn, args, kwargs, gen, error, started, fallback, owed, report, attempts)  # noqa: E501, E701
-            finally: del error  # noqa: E701  (no exception -> traceback -> frame -> exception cycle)
-        except BaseException:
-            if held:
-                held = token.append(True)
-            if gen >= 0 or ticket:  # (a refusal holds nothing: no call on its path)
-                give_back(core, gen, ticket, owed)
-            raise
+                if gen >= 0 or ticket:  # (a refusal holds nothing: no call on its path)
+                    give_back(core, gen, ticket, owed)
+                raise
+        raise box.pop()  # a refusal without a fallback: raised once, outside every handler
 
     return call
 

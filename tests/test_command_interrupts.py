@@ -161,6 +161,20 @@ async def test_coroutine_refused_path_with_fallback(reg: resilience.Registry) ->
     assert problems == []
 
 
+async def test_coroutine_refused_path_without_fallback(reg: resilience.Registry) -> None:
+    """A refusal leaves both handlers (``break``) and is raised once, outside them."""
+    reg.configure_command("ki", force_open=True)
+
+    async def refused() -> None:
+        with pytest.raises(resilience.CircuitOpenError):
+            await reg.run("ki", plain_async)
+
+    lines, problems = await async_positions(reg, "ki", refused)
+    assert lines > 5
+    assert problems == []
+    assert core_of(reg, "ki").calls[4] > lines  # SHORT_CIRCUITED: every refusal was counted
+
+
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_sync_success_path(reg: resilience.Registry, timeout: float | None) -> None:
     reg.configure_command("ki", timeout=timeout)
