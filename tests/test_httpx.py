@@ -39,7 +39,6 @@ from resilience import (
     Retry,
     RetryScheduled,
 )
-from resilience._httpx_policy import FailedStatuses, parse_retry_after
 from resilience.httpx import (
     AsyncCommandTransport,
     CommandTransport,
@@ -47,6 +46,7 @@ from resilience.httpx import (
     HTTPCommandTimeoutError,
     HTTPMaxConcurrencyError,
 )
+from resilience.httpx._policy import FailedStatuses, parse_retry_after
 from resilience.metrics import set_max_names
 
 ERROR_LOG = "resilience.tests.hypercorn"

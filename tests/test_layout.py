@@ -12,27 +12,42 @@ from pathlib import Path
 import resilience
 
 PACKAGE = Path(resilience.__file__).parent
-MODULES = {p.stem: p for p in PACKAGE.glob("*.py")}
 
 
-def _imports(path: Path) -> set[str]:
-    """Sibling modules ``path`` imports anywhere (top level, functions, TYPE_CHECKING)."""
+def _dotted(path: Path) -> str:
+    """``_circuit``, ``httpx`` (a subpackage's ``__init__``), ``httpx._transport``..."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "__init__"
+
+
+MODULES = {_dotted(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Package modules ``path`` imports anywhere (top level, functions, TYPE_CHECKING)."""
+    package = name.split(".") if path.name == "__init__.py" and name != "__init__" else (
+        name.split(".")[:-1]
+    )
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
             if node.module:
-                found.add(node.module.split(".")[0])
+                found.add(".".join([*base, node.module]))
             else:
-                found.update(a.name for a in node.names)
+                found.update(".".join([*base, a.name]) for a in node.names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("resilience."):
-                    found.add(alias.name.split(".")[1])
+                    found.add(alias.name.removeprefix("resilience."))
     return found & set(MODULES)
 
 
 def test_no_import_circles() -> None:
-    graph = {name: _imports(path) - {name} for name, path in MODULES.items()}
+    assert "httpx._transport" in MODULES  # subpackages are read too
+    graph = {name: _imports(name, path) - {name} for name, path in MODULES.items()}
     state: dict[str, int] = {}
     path: list[str] = []
 

@@ -20,8 +20,8 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "resilience.httpx needs httpx: pip install 'anyio-resilience[httpx]' (or httpx)"
     ) from exc
 
-from ._httpx import AsyncCommandTransport, CommandTransport
-from ._httpx_errors import HTTPCircuitOpenError, HTTPCommandTimeoutError, HTTPMaxConcurrencyError
+from ._errors import HTTPCircuitOpenError, HTTPCommandTimeoutError, HTTPMaxConcurrencyError
+from ._transport import AsyncCommandTransport, CommandTransport
 
 __all__ = [
     "AsyncCommandTransport",

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
-from ._rolling import CircuitStatistics
+from .._errors import CircuitOpenError, CommandTimeoutError, MaxConcurrencyError
+from .._rolling import CircuitStatistics
 
 if TYPE_CHECKING:
-    from ._circuit import CircuitCore
+    from .._circuit import CircuitCore
 
 __all__ = [
     "HTTP_ERRORS",

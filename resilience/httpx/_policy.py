@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ._validate import ExceptionMatcher
+from .._validate import ExceptionMatcher
 
 __all__ = [
     "CURRENT",

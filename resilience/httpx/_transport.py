@@ -34,11 +34,14 @@ from typing import Any
 
 import httpx
 
-from ._circuit import CircuitCore
-from ._config import CommandConfig
-from ._decorate import check_fallback
-from ._httpx_calls import AsyncCall, SyncCall, close_quietly, watch
-from ._httpx_errors import (
+from .._circuit import CircuitCore
+from .._config import CommandConfig
+from .._decorate import check_fallback
+from .._names import check_name
+from .._registry import Registry, core_of, default_registry
+from .._retry import Retry
+from ._calls import AsyncCall, SyncCall, close_quietly, watch
+from ._errors import (
     HTTP_ERRORS,
     REFUSALS,
     AsyncSlotStream,
@@ -46,7 +49,7 @@ from ._httpx_errors import (
     SyncSlotStream,
     http_error,
 )
-from ._httpx_policy import (
+from ._policy import (
     CURRENT,
     FailedStatuses,
     RetryGate,
@@ -54,9 +57,6 @@ from ._httpx_policy import (
     check_statuses,
     host_name,
 )
-from ._names import check_name
-from ._registry import Registry, core_of, default_registry
-from ._retry import Retry
 
 __all__ = ["AsyncCommandTransport", "CommandTransport"]
 

@@ -8,7 +8,7 @@
   published exactly when a retry is decided, in the caller's task or thread, before the next
   attempt is admitted; the failed response being retried gives its slot back then.
 
-The transports set the state in ``CURRENT`` (``_httpx_policy``) around each call.
+The transports set the state in ``CURRENT`` (``_policy``) around each call.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import weakref
 import anyio
 import httpx
 
-from ._circuit import CircuitCore
-from ._errors import FailedResultError
-from ._events import RetryScheduled
-from ._httpx_errors import AsyncSlotStream
-from ._httpx_policy import CURRENT
-from ._registry import Registry
+from .._circuit import CircuitCore
+from .._errors import FailedResultError
+from .._events import RetryScheduled
+from .._registry import Registry
+from ._errors import AsyncSlotStream
+from ._policy import CURRENT
 
 __all__ = ["AsyncCall", "SyncCall", "close_quietly", "watch"]
 
