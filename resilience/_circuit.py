@@ -369,15 +369,9 @@ class CircuitCore:
         if state == CLOSED:
             if now is None:
                 now = self.clock()
-            # closed -> open when the volume and error-percentage thresholds are both met
-            w = self.window
-            requests, errors = w.tally(now, kind)
-            if requests < self.volume:
-                return  # (no shortcut until the volume is reached)
-            if 100 * errors >= self.trip_percent * requests and requests:
-                self._to_open(now, "tripped")
-            else:
-                w.fast_until = w.end  # a success only lowers the error rate: skip health
+            requests, errors = self.window.tally(now, kind)
+            if requests >= self.volume:  # (no shortcut until the volume is reached)
+                self.judge(now, requests, errors)
         elif state == HALF_OPEN:
             if kind == SUCCESS:
                 self._to_closed("trial_succeeded")
@@ -385,6 +379,15 @@ class CircuitCore:
                 now = self.clock()
                 self.window.tally(now, kind)
                 self._to_open(now, "trial_failed")
+
+    def judge(self, now: float, requests: int, errors: int) -> None:
+        """Closed, volume reached (``requests >= volume``): trip if the error percentage is
+        met; else successes may skip health until the bucket ends (they only lower it)."""
+        if 100 * errors >= self.trip_percent * requests and requests:
+            self._to_open(now, "tripped")
+        else:
+            window = self.window
+            window.fast_until = window.end
 
     def record_fallback(self, ok: bool) -> None:
         self.series.fallbacks[0 if ok else 1] += 1

@@ -137,12 +137,18 @@ def coroutine_caller(
                         hist.counts[bisect_left(hist.bounds, duration)] += 1
                     hist.sum += duration
                     window = core.window
-                    if ended < window.fast_until and g == core.fast_gen:
-                        # closed, current, volume reached, same bucket as the last full check:
-                        # a success only lowers the error rate, so health cannot change
-                        window.cum[0] += 1; held = token.append(True)  # noqa: E702
-                        return result
-                    core.record_window(g, SUCCESS, ended)
+                    if g == core.fast_gen:  # closed, not forced, admitted in this state
+                        if ended < window.fast_until:
+                            # volume reached, same bucket as the last full check: a success
+                            # only lowers the error rate, so health cannot change
+                            window.cum[0] += 1; held = token.append(True)  # noqa: E702
+                            return result
+                        # (record_window's closed case, inline: every sparse call comes here)
+                        requests, errors = window.tally(ended, SUCCESS)
+                        if requests >= core.volume:
+                            core.judge(ended, requests, errors)
+                    else:
+                        core.record_window(g, SUCCESS, ended)
                     if core.events:  # a transition (rare): publish after letting go
                         events = core.take_events(); held = token.append(True)  # noqa: E702
                         if events:
