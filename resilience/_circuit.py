@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._config import CommandConfig
 from ._errors import CommandError, MaxConcurrencyError, circuit_open
 from ._events import EventBus, StateChange
+from ._metrics_records import observe_duration
 from ._outcomes import (
     CANCELLED,
     FAILURE,
@@ -104,7 +105,7 @@ class CircuitCore:
     """
 
     __slots__ = (
-        "__weakref__", "bus", "calls", "clock", "config", "duration",
+        "__weakref__", "bus", "clock", "config", "counts",
         "events", "failed_if", "fast_gen", "gen", "ignore", "in_flight", "limit", "lock",
         "max", "max_wait", "name", "open_until", "opened_at", "refused", "retry", "series",
         "shared", "state", "threads", "timeout", "token", "trial_at", "trial_busy", "trip_percent",
@@ -123,8 +124,7 @@ class CircuitCore:
         self.series = series
         self.lock = series.lock
         self.token = series.lock.token  # the hot path takes and gives the lock inline
-        self.calls = series.calls
-        self.duration = series.duration
+        self.counts = series.counts  # calls by outcome, then the duration histogram
         self.clock = clock
         self.bus = bus
         self.state = CLOSED
@@ -264,13 +264,13 @@ class CircuitCore:
             return WAITING
         if trial:
             self.trial_busy = False  # give the trial permit back at once
-        self.calls[REJECTED] += 1
+        self.counts[REJECTED] += 1
         self.record_window(self.gen, REJECTED)
         self.refused = MaxConcurrencyError(self.name, limit=self.max)
         return REFUSED
 
     def _short_circuit(self, now: float, retry_after: float | None) -> int:
-        self.calls[SHORT_CIRCUITED] += 1
+        self.counts[SHORT_CIRCUITED] += 1
         w = self.window
         if now < w.end:
             w.cum[SHORT_CIRCUITED] += 1
@@ -308,7 +308,7 @@ class CircuitCore:
 
     def count(self, kind: int) -> None:
         """Count a lifetime outcome only (e.g. a call cancelled before admission)."""
-        self.calls[kind] += 1
+        self.counts[kind] += 1
 
     def give_up(self, waiter: SlotWaiter) -> bool:
         """A waiter stops waiting (max_wait passed, or cancelled): ``True`` if it left the
@@ -324,7 +324,7 @@ class CircuitCore:
 
     def reject_waiter(self, gen: int) -> None:
         """Count a waiter whose ``max_wait`` passed as a rejection."""
-        self.calls[REJECTED] += 1
+        self.counts[REJECTED] += 1
         self.record_window(gen, REJECTED)
         self.refused = MaxConcurrencyError(self.name, limit=self.max)
 
@@ -352,9 +352,9 @@ class CircuitCore:
 
     def record(self, gen: int, kind: int, duration: float | None) -> None:
         """Count an outcome; act on the state only if ``gen`` is current."""
-        self.calls[kind] += 1
+        self.counts[kind] += 1
         if duration is not None:
-            self.duration.observe(duration)
+            observe_duration(self.counts, duration)
         if kind < IGNORED:
             self.record_window(gen, kind)
         elif gen == self.gen and self.state == HALF_OPEN:

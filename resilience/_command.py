@@ -26,7 +26,7 @@ from ._backend import Deadline, checkpoint, running_loop
 from ._circuit import NEED_WAITER, REFUSED, CircuitCore, publish, timer
 from ._errors import CommandError
 from ._lock import wait_token
-from ._metrics_records import FIRST_BOUND
+from ._metrics_records import DURATION_AT, DURATION_BUCKETS, DURATION_SUM, FIRST_BOUND
 from ._outcomes import CANCELLED, SUCCESS
 from ._settle import (
     FALLBACK,
@@ -129,13 +129,13 @@ def coroutine_caller(
                         core.release(); g = gen; gen = RELEASED  # noqa: E702  waits, in_flight < max)
                     else:
                         core.in_flight -= 1; g = gen; gen = RELEASED  # noqa: E702
-                    core.calls[0] += 1  # SUCCESS
-                    hist = core.duration
+                    counts = core.counts
+                    counts[0] += 1  # SUCCESS
                     if duration <= FIRST_BOUND:
-                        hist.counts[0] += 1
+                        counts[DURATION_AT] += 1
                     else:
-                        hist.counts[bisect_left(hist.bounds, duration)] += 1
-                    hist.sum += duration
+                        counts[DURATION_AT + bisect_left(DURATION_BUCKETS, duration)] += 1
+                    counts[DURATION_SUM] += duration
                     window = core.window
                     if g == core.fast_gen:  # closed, not forced, admitted in this state
                         if ended < window.fast_until:

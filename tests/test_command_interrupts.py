@@ -172,7 +172,7 @@ async def test_coroutine_refused_path_without_fallback(reg: resilience.Registry)
     lines, problems = await async_positions(reg, "ki", refused)
     assert lines > 5
     assert problems == []
-    assert core_of(reg, "ki").calls[4] > lines  # SHORT_CIRCUITED: every refusal was counted
+    assert core_of(reg, "ki").counts[4] > lines  # SHORT_CIRCUITED: every refusal was counted
 
 
 @pytest.mark.parametrize("timeout", [None, 30.0])

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import resilience
 from resilience import WorkerPool, metrics
 from resilience._exporter import Hub
+from resilience._metrics_records import observe_duration
 from resilience._metrics_text import exposition
 
 HELP = {
@@ -286,9 +287,9 @@ def test_fast_exposition_is_byte_identical_to_prometheus_client(
     Counter("app_requests", "Application requests.", registry=metrics_registry).inc(3)
     for i, name in enumerate(NAMES):
         c = hub.command(name)
-        c.calls[i % 7] += 10 ** i
-        c.duration.observe(0.003 * i)
-        c.duration.observe(123.0)
+        c.counts[i % 7] += 10 ** i
+        observe_duration(c.counts, 0.003 * i)
+        observe_duration(c.counts, 123.0)
         p = hub.pool(name)
         p.jobs[i % 3] += 1_234_567
         p.queue_wait.observe(0.5)

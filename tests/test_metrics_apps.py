@@ -24,6 +24,7 @@ from hypercorn.config import Config
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from resilience._exporter import Hub
+from resilience._metrics_records import observe_duration
 from resilience._metrics_text import exposition
 from resilience.metrics import make_asgi_app, make_wsgi_app, start_metrics_server
 
@@ -39,9 +40,9 @@ def populate(reg: CollectorRegistry, commands: int = 3) -> Live:
     hub = Hub.of(reg)
     for i in range(commands):
         c = hub.command(f"cmd-{i}" if commands > 3 else ("greet", 'q"uote', "new\nline")[i])
-        c.calls[i % 7] += i + 1
+        c.counts[i % 7] += i + 1
         c.retries[i % 4] += 1
-        c.duration.observe(0.002 * (i % 50))
+        observe_duration(c.counts, 0.002 * (i % 50))
     hub.pool("jobs").queue_wait.observe(0.02)
     live = Live()
     hub.tls_server("api").servers.add(live)

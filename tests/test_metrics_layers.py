@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resilience import _metrics_multiproc, metrics
 from resilience._exporter import Hub
-from resilience._metrics_records import snapshot
+from resilience._metrics_records import observe_duration, snapshot
 from resilience._metrics_schema import GAUGE_MODES, KINDS, SCHEMA, exposed_name
 from resilience._metrics_text import render
 
@@ -106,11 +106,11 @@ def populated(reg: CollectorRegistry) -> tuple[Hub, list[object]]:
     live: list[object] = []
     for i, name in enumerate(("a", "b")):
         c = hub.command(name)
-        c.calls[:] = [i + 1, 2, 0, 3, 0, 1, 0]
+        c.counts[:7] = [i + 1, 2, 0, 3, 0, 1, 0]
         c.fallbacks[1] += 1
         c.retries[:] = [4, i, 0, 1]
-        c.duration.observe(0.03)
-        c.duration.observe(20.0)
+        observe_duration(c.counts, 0.03)
+        observe_duration(c.counts, 20.0)
         c.circuits.add(circ := Circuit())
         p = hub.pool(name)
         p.jobs[1] += 1
@@ -165,7 +165,7 @@ def test_successes_of_commands_are_read_as_counted_those_of_pools_derived(
     metrics_registry: CollectorRegistry,
 ) -> None:
     hub = Hub.of(metrics_registry)
-    hub.command("c").calls[0] = 5  # counted by the hot path, whatever the histogram says
+    hub.command("c").counts[0] = 5  # counted by the hot path, whatever the histogram says
     p = hub.pool("p")
     p.job_duration.pending.extend([0.1, 0.2, 0.3])
     p.jobs[1] = 1  # one of the three failed

@@ -158,6 +158,7 @@ def test_a_forked_child_does_not_count_its_parents_totals(tmp_path: Path) -> Non
 EVERY_KIND = textwrap.dedent("""
     import sys
     from resilience._exporter import Hub
+    from resilience._metrics_records import observe_duration
     from resilience import metrics
 
     class Circuit:  # what a live circuit shows the series
@@ -173,11 +174,11 @@ EVERY_KIND = textwrap.dedent("""
 
     hub = Hub.of()
     c = hub.command("work")
-    c.calls[0] += 4  # successes are counted as they are
-    c.calls[1] += 1
+    c.counts[0] += 4  # successes are counted as they are
+    c.counts[1] += 1
     c.retries[:] = [5, 1, 2, 3]
     c.fallbacks[0] += 1
-    c.duration.observe(0.02)
+    observe_duration(c.counts, 0.02)
     c.circuits.add(circuit := Circuit())
     p = hub.pool("jobs")
     p.job_duration.pending.append(0.3)  # a success, as workers record it

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from resilience._exporter import Hub
+from resilience._metrics_records import observe_duration
 from resilience._metrics_text import exposition
 
 KINDS = ["command", "pool", "tls_server", "limiter"]
@@ -56,9 +57,9 @@ def test_a_str_subclass_is_kept_as_a_plain_str(metrics_registry: CollectorRegist
 def populate(hub: Hub) -> None:
     for i, name in enumerate(AWKWARD):
         c = hub.command(name)
-        c.calls[i % 7] += i + 1
+        c.counts[i % 7] += i + 1
         c.retries[i % 4] += 1
-        c.duration.observe(0.01 * i)
+        observe_duration(c.counts, 0.01 * i)
         hub.pool(name).queue_wait.observe(0.2)
         hub.tls_server(name).handshakes[0] += 1
         hub.limiter(name).decisions[1] += 1
