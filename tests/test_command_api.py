@@ -599,6 +599,27 @@ async def test_run_caches_per_name_fn_and_fallback(reg: resilience.Registry) -> 
     assert await reg.run("f", boom, fallback=lambda exc: "again") == "again"
 
 
+async def test_run_alternating_functions_of_one_name_each_run_their_own(
+    reg: resilience.Registry,
+) -> None:
+    """The name's most recent caller is a shortcut, checked by identity: alternating
+    functions (and fallbacks) never run one another."""
+
+    async def first() -> str:
+        return "first"
+
+    async def second() -> str:
+        return "second"
+
+    boom = failing(Boom("down"))
+    for _ in range(3):
+        assert await reg.run("alt", first) == "first"
+        assert await reg.run("alt", second) == "second"
+        assert await reg.run("alt", boom, fallback=lambda exc: "fb-1") == "fb-1"
+        assert await reg.run("alt", boom, fallback=lambda exc: "fb-2") == "fb-2"
+    assert reg.get_circuit("alt").statistics().successes == 6
+
+
 async def test_run_takes_unhashable_callables(reg: resilience.Registry) -> None:
     fn = _Unhashable()
     assert await reg.run("u", fn, 2) == 4
