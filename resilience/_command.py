@@ -145,8 +145,11 @@ def coroutine_caller(
                             return result
                         # (record_window's closed case, inline: every sparse call comes here)
                         requests, errors = window.tally(ended, SUCCESS)
-                        if requests >= core.volume:
-                            core.judge(ended, requests, errors)
+                        if requests >= core.volume:  # (judge() inline while healthy)
+                            if 100 * errors < core.trip_percent * requests:
+                                window.fast_until = window.end
+                            else:
+                                core.judge(ended, requests, errors)
                     else:
                         core.record_window(g, SUCCESS, ended)
                     if core.events:  # a transition (rare): publish after letting go
