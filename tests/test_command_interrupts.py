@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from test_command_helpers import FakeClock
 
 import resilience
 from resilience._circuit import CircuitCore
@@ -159,6 +160,27 @@ async def test_coroutine_refused_path_with_fallback(reg: resilience.Registry) ->
         reg, "ki", lambda: reg.run("ki", plain_async, fallback=lambda exc: "fb")
     )
     assert problems == []
+
+
+@pytest.mark.parametrize("volume", [0, 10**6])
+async def test_coroutine_sparse_success_path(
+    reg: resilience.Registry, clock: FakeClock, volume: int
+) -> None:
+    """Every call rolls the window (the clock moves 1.5 buckets a call), so every success
+    takes the inline count-and-health path: with the volume reached (health judged inline)
+    and never reached."""
+    reg.configure_command(
+        "ki", timeout=None, request_volume_threshold=volume, buckets=10, rolling_window=10.0
+    )
+
+    async def sparse() -> str:
+        clock.advance(1.5)
+        return await reg.run("ki", plain_async)
+
+    lines, problems = await async_positions(reg, "ki", sparse)
+    assert lines > 5
+    assert problems == []
+    assert reg.get_circuit("ki").state == "closed"
 
 
 async def test_coroutine_refused_path_without_fallback(reg: resilience.Registry) -> None:
