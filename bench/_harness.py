@@ -11,6 +11,7 @@ handles of cancelled deadlines pile up in a loop that never turns.
 from __future__ import annotations
 
 import gc
+import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "Result",
     "Settings",
     "SyncCase",
+    "cpu_model",
     "measure_async",
     "measure_sync",
 ]
@@ -152,3 +154,15 @@ def measure_sync(cases: Sequence[SyncCase], settings: Settings) -> dict[str, Res
         out[name] = Result(name, "sync", statistics.median(s), min(s), max(s),
                            chunks[name] * CHUNK)
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: for the report header."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

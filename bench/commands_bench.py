@@ -37,6 +37,7 @@ from bench._harness import (
     Settings,
     SyncCase,
     SyncLoop,
+    cpu_model,
     measure_async,
     measure_sync,
 )
@@ -573,17 +574,6 @@ def _targets(results: Results) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -610,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, _ = parser.parse_known_args(argv)  # `python -m bench` passes its args to every bench
     settings = Settings(repeats=3, target_s=0.008) if args.quick else Settings()
     print("== resilience command benchmark ==")
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} "
           f"{platform.release()}; {platform.python_implementation()} "
           f"{platform.python_version()}")
     versions = {"resilience": _resilience_version(), **_peers.peer_versions()}

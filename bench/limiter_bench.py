@@ -33,7 +33,7 @@ from typing import NamedTuple
 import anyio
 from prometheus_client import CollectorRegistry
 
-from bench._harness import AsyncCase, AsyncLoop, Result, Settings, measure_async
+from bench._harness import AsyncCase, AsyncLoop, Result, Settings, cpu_model, measure_async
 from resilience import RateLimiter
 
 __all__ = ["main"]
@@ -304,17 +304,6 @@ def _targets(results: Results, waiting: Mapping[str, Rates | str]) -> list[tuple
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions() -> str:
     out = []
     for dist in ("anyio-resilience", "aiolimiter", "anyio", "trio"):
@@ -337,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings(repeats=3, target_s=0.008) if args.quick else Settings()
     permits, repeats = (2_000, 3) if args.quick else (10_000, 5)
     print("== resilience rate-limiter benchmark ==")
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs; {platform.python_implementation()} "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {platform.python_implementation()} "
           f"{platform.python_version()}; {_versions()}")
     print(f"method: median of {settings.repeats} interleaved repeats of ~"
           f"{settings.target_s * 1000:.0f} ms per case, tight loop in one running event loop")
