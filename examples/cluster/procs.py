@@ -22,7 +22,7 @@ from anyio.abc import Process, TaskGroup
 
 from ..rpc.children import free_port, read_events, stop
 
-__all__ = ["ROOT", "EtcdMember", "NodeProc", "Procs", "Prometheus", "free_port", "tail"]
+__all__ = ["ROOT", "EtcdMember", "NodeProc", "Procs", "Prometheus", "free_port"]
 
 #: The repository's root: nodes run as ``python -m examples.cluster.node`` from there.
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,10 +254,4 @@ class Procs:
                         tg.start_soon(stop, m.process, 3.0)
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 

@@ -17,7 +17,6 @@ import shutil
 import signal
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,13 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from resilience import StateChange, configure_command, run, subscribe, tls
 
 from ..rpc import jsonrpc as rpc
-from ..rpc.children import Phase, stop_on_signals
+from ..rpc.children import Phase, run_in_workdir, stop_on_signals
 from ..rpc.pki import PKI, cert_paths, serial_of
 from .checks import Measured, checks, phase_table
 from .config import ADMIN_PATH, ELECTION, FAILED, FENCE, LEASE_TTL, LOG, NODES, RESULTS, TASKS
 from .etcd import Etcd, EtcdError, EtcdUnavailable
 from .master import pad
-from .procs import NodeProc, Procs, Prometheus, tail
+from .procs import NodeProc, Procs, Prometheus
 
 __all__ = ["ETCD_MISSING", "PHASES", "Phase", "main"]
 
@@ -520,29 +519,12 @@ def configure_command_probes(procs: Procs) -> None:
 
 
 async def _run(opts: argparse.Namespace, out: TextIO) -> int:
-    keep = opts.keep
-    tmp = Path(tempfile.mkdtemp(prefix="resilience-cluster-"))
-    demo = Demo(out, tmp, backend=opts.backend, quick=opts.quick, verbose=opts.verbose)
-    out.write(f"resilience cluster demo on {opts.backend}"
-              f"{' (quick)' if opts.quick else ''}; files in {tmp}\n")
-    passed: bool | None = False
-    try:
-        passed = await demo.main()
-    except Exception as exc:
-        out.write(f"\nthe demo itself failed: {type(exc).__name__}: {exc}\n")
-        for log in sorted((tmp / "logs").glob("*.log")):
-            text = tail(log)
-            if text:
-                out.write(f"--- {log.name}\n{text}\n")
-        raise
-    finally:
-        if keep:
-            out.write(f"kept {tmp}\n")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if passed is None:
-        return 130
-    return 0 if passed else 1
+    async def story(tmp: Path) -> bool | None:
+        demo = Demo(out, tmp, backend=opts.backend, quick=opts.quick, verbose=opts.verbose)
+        return await demo.main()
+
+    title = f"resilience cluster demo on {opts.backend}{' (quick)' if opts.quick else ''}"
+    return await run_in_workdir(title, "resilience-cluster-", out, story, keep=opts.keep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,21 +1,26 @@
 """What the examples' stories share about their child processes: free ports, reading the
 JSON lines a node prints (its ``ready`` event first), stopping a node, stopping the story on
-Ctrl-C or SIGTERM, and the phases a story is told in."""
+Ctrl-C or SIGTERM, the phases a story is told in, and the work directory it runs in."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
-from collections.abc import Callable
+import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["Phase", "free_port", "read_events", "stop", "stop_on_signals"]
+__all__ = [
+    "Phase", "free_port", "read_events", "run_in_workdir", "stop", "stop_on_signals", "tail",
+]
 
 Json = dict[str, Any]
 
@@ -83,3 +88,46 @@ async def stop_on_signals(
             out.write(f"\ninterrupted ({signal.Signals(signum).name}): stopping {what}\n")
             scope.cancel()
             return
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file ("" if it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+async def run_in_workdir(
+    title: str,
+    prefix: str,
+    out: TextIO,
+    story: Callable[[Path], Awaitable[bool | None]],
+    *,
+    keep: bool = False,
+    log_lines: int = 15,
+) -> int:
+    """Run ``story(tmp)`` in a fresh work directory: the exit code (0 all checks passed, 1
+    some failed, 130 interrupted). If the story itself fails, the tails of its nodes' logs
+    (``tmp/logs/*.log``) are shown; the directory is removed afterwards unless ``keep``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    out.write(f"{title}; files in {tmp}\n")
+    passed: bool | None = False
+    try:
+        passed = await story(tmp)
+    except Exception as exc:
+        out.write(f"\nthe story itself failed: {type(exc).__name__}: {exc}\n")
+        for log in sorted((tmp / "logs").glob("*.log")):
+            text = tail(log, log_lines)
+            if text:
+                out.write(f"--- {log.name}\n{text}\n")
+        raise
+    finally:
+        if keep:
+            out.write(f"kept {tmp}\n")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if passed is None:
+        return 130
+    return 0 if passed else 1

@@ -14,11 +14,9 @@ out.
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from resilience import Retry, tls
 from resilience.httpx import AsyncCommandTransport
 
 from .checks import Measured, checks, table
-from .children import Phase, free_port, read_events, stop, stop_on_signals
+from .children import Phase, free_port, read_events, run_in_workdir, stop, stop_on_signals
 from .jsonrpc import RpcError, RpcUnavailable, call
 from .node import ADMIN_PATH, CALL_EVERY, CALL_TIMEOUT, SHED_LIMIT, SHED_TIMEOUT
 from .pki import PKI, cert_paths
@@ -302,28 +300,12 @@ def _recovered(window: dict[str, Json]) -> bool:
 
 
 async def _run(opts: argparse.Namespace, out: TextIO) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="resilience-rpc-"))
-    out.write(f"resilience JSON-RPC example on {opts.backend}"
-              f"{' (quick)' if opts.quick else ''}; files in {tmp}\n")
-    passed: bool | None = False
-    try:
-        story = Story(out, tmp, backend=opts.backend, quick=opts.quick)
-        passed = await story.main()
-    except Exception as exc:
-        out.write(f"\nthe story itself failed: {type(exc).__name__}: {exc}\n")
-        for log in sorted((tmp / "logs").glob("*.log")):
-            text = log.read_text(errors="replace").strip()
-            if text:
-                out.write(f"--- {log.name}\n" + "\n".join(text.splitlines()[-40:]) + "\n")
-        raise
-    finally:
-        if opts.keep:
-            out.write(f"kept {tmp}\n")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if passed is None:
-        return 130
-    return 0 if passed else 1
+    async def story(tmp: Path) -> bool | None:
+        return await Story(out, tmp, backend=opts.backend, quick=opts.quick).main()
+
+    title = f"resilience JSON-RPC example on {opts.backend}{' (quick)' if opts.quick else ''}"
+    return await run_in_workdir(title, "resilience-rpc-", out, story, keep=opts.keep,
+                                log_lines=40)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
