@@ -150,15 +150,21 @@ def _retry_after(p: Process) -> float:
 # -- the one trial ---------------------------------------------------------------------------------
 
 
+def _trip_and_wait_out(a: Process, b: Process, sleep_window: float = 0.3) -> None:
+    """``a`` trips, ``b`` sees it open, then the sleep window passes (on the server's clock:
+    a real sleep) so that the next call anywhere may be the trial."""
+    a.configure(sleep_window=sleep_window)
+    b.configure(sleep_window=sleep_window)
+    a.trip()
+    wait_until(lambda: b.state() == "open")
+    time.sleep(sleep_window + 0.05)
+
+
 def test_exactly_one_trial_and_its_success_closes_everywhere(
     pair: tuple[Process, Process],
 ) -> None:
     a, b = pair
-    a.configure(sleep_window=0.3)
-    b.configure(sleep_window=0.3)
-    a.trip()
-    wait_until(lambda: b.state() == "open")
-    time.sleep(0.35)  # the sleep window is over everywhere
+    _trip_and_wait_out(a, b)
     ran: list[str] = []
 
     def trial_of_a() -> str:
@@ -181,11 +187,7 @@ def test_a_failed_trial_reopens_everywhere(
     pair: tuple[Process, Process], redis_server: RedisServer  # noqa: F811
 ) -> None:
     a, b = pair
-    a.configure(sleep_window=0.3)
-    b.configure(sleep_window=0.3)
-    a.trip()
-    wait_until(lambda: b.state() == "open")
-    time.sleep(0.35)
+    _trip_and_wait_out(a, b)
     with pytest.raises(ConnectionError):
         b.call(fail)  # b's trial this time, and it fails
     assert b.reasons() == ["shared_open", "trial", "trial_failed"]
@@ -204,11 +206,7 @@ def test_a_lease_held_by_a_dead_process_expires(
     pair: tuple[Process, Process], redis_server: RedisServer  # noqa: F811
 ) -> None:
     a, b = pair
-    a.configure(sleep_window=0.3)
-    b.configure(sleep_window=0.3)
-    a.trip()
-    wait_until(lambda: b.state() == "open")
-    time.sleep(0.35)
+    _trip_and_wait_out(a, b)
     # a process that took the lease and died: lease for 0.3 s, no verdict ever
     key = a.store.key("circuit", "dep")
     version = redis_server.command("HGET", key, "version")
