@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._circuit import Circuit, CircuitState
+from ._circuit import CircuitState
+from ._circuit_view import Circuit
 from ._config import CommandConfig
 from ._decorate import CommandDecorator
 from ._errors import (

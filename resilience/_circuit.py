@@ -8,7 +8,7 @@ generation is still current, so slow calls from an earlier state change nothing.
 
 State changes produce events; they are queued under the lock and published by the caller
 after it let go (:meth:`CircuitCore.take_events`), so subscribers and the log run outside
-every lock. :class:`Circuit` is the public, read-only view users get from ``get_circuit``.
+every lock. Users see a command only through its read-only view, ``_circuit_view.Circuit``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ import enum
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ._config import CommandConfig
 from ._errors import CommandError, MaxConcurrencyError, circuit_open
 from ._events import EventBus, StateChange
 from ._metrics_records import observe_duration
 from ._outcomes import (
-    CANCELLED,
-    FAILURE,
     FALLBACK_FAILED,
     FALLBACK_OK,
     IGNORED,
@@ -41,7 +39,7 @@ if TYPE_CHECKING:
     from ._threads import ThreadPool
 
 __all__ = [
-    "LEASED", "LEASE_AGAIN", "LEASE_REFUSED", "NEED_WAITER", "REFUSED", "WAITING", "Circuit",
+    "LEASED", "LEASE_AGAIN", "LEASE_REFUSED", "NEED_WAITER", "REFUSED", "STATES", "WAITING",
     "CircuitCore", "CircuitState", "SharedState",
 ]
 
@@ -63,7 +61,8 @@ class CircuitState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
+#: The states by index (``CircuitCore.state_index``).
+STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
 
 
 class SlotWaiter(Protocol):
@@ -180,7 +179,7 @@ class CircuitCore:
         self._apply()
         self.window.invalidate()  # the next outcome re-evaluates health in full
         if self.state_index != before and reason != "configured":
-            self._event(_STATES[before], _STATES[self.state_index], reason)
+            self._event(STATES[before], STATES[self.state_index], reason)
         while self.waiters and self.in_flight < self.max:  # the limit was raised
             if self._grant_next():
                 self.in_flight += 1
@@ -190,7 +189,7 @@ class CircuitCore:
         before = self.state_index
         self._to_closed(None)
         if self.state_index != before:
-            self._event(_STATES[before], _STATES[self.state_index], "flush")
+            self._event(STATES[before], STATES[self.state_index], "flush")
 
     def _apply(self) -> None:
         """Cache what the hot path reads; called after every state or config change."""
@@ -433,7 +432,7 @@ class CircuitCore:
     # -- transitions --------------------------------------------------------------------------
 
     def _to_open(self, now: float, reason: str) -> None:
-        old = _STATES[self.state_index]
+        old = STATES[self.state_index]
         self.state = OPEN
         self.gen += 1
         self.opened_at = now
@@ -452,7 +451,7 @@ class CircuitCore:
         self.window.reset()
         self._apply()
         if reason is not None and old != self.state_index:
-            self._event(_STATES[old], _STATES[self.state_index], reason, stats)
+            self._event(STATES[old], STATES[self.state_index], reason, stats)
         if self.shared is not None:
             self.shared.changed(reason)
 
@@ -471,7 +470,7 @@ class CircuitCore:
         self.opened_at = until - self.config.sleep_window
         self._apply()
         if self.state_index != old:
-            self._event(_STATES[old], CircuitState.OPEN, "shared_open")
+            self._event(STATES[old], CircuitState.OPEN, "shared_open")
 
     def shared_close(self) -> None:
         """A trial elsewhere succeeded: closed here too, rolling window reset."""
@@ -494,52 +493,3 @@ def publish(core: CircuitCore, events: list[StateChange]) -> None:
     cfg = core.config
     for event in events:
         core.bus.publish(event, (cfg.request_volume_threshold, cfg.error_percent_threshold))
-
-
-class Circuit:
-    """The public view of a command's circuit: ``name``, ``state``, ``config``,
-    ``statistics()`` and ``in_flight``."""
-
-    __slots__ = ("_core",)
-
-    def __init__(self, core: CircuitCore) -> None:
-        self._core = core
-
-    @property
-    def name(self) -> str:
-        return self._core.name
-
-    @property
-    def state(self) -> CircuitState:
-        return _STATES[self._core.state_index]
-
-    @property
-    def config(self) -> CommandConfig:
-        return self._core.config
-
-    @property
-    def in_flight(self) -> int:
-        """Executions holding a concurrency slot (threads past their timeout included)."""
-        return self._core.in_flight
-
-    def statistics(self) -> CircuitStatistics:
-        """A snapshot of the rolling window."""
-        core = self._core
-        with core.lock:
-            return core.snapshot()
-
-    def __repr__(self) -> str:
-        return f"<Circuit {self.name!r} {self.state.value} in_flight={self.in_flight}>"
-
-
-def kind_of(core: CircuitCore, exc: BaseException) -> int:
-    """The outcome kind of an exception that ended a call (may raise the predicate's error)."""
-    if not isinstance(exc, Exception):
-        return CANCELLED  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit...
-    ignore: Any = core.ignore
-    if ignore.__class__ is tuple:
-        if ignore and isinstance(exc, ignore):
-            return IGNORED
-    elif ignore(exc):
-        return IGNORED
-    return FAILURE

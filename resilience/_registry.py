@@ -14,7 +14,8 @@ from typing import Any, TypeVar, TypeVarTuple, overload
 
 from prometheus_client import CollectorRegistry
 
-from ._circuit import Circuit, CircuitCore, publish, timer
+from ._circuit import CircuitCore, publish, timer
+from ._circuit_view import Circuit
 from ._command import coroutine_caller
 from ._command_sync import call_async, call_sync
 from ._config import CommandConfig

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._backend import outer_deadline_first
-from ._circuit import CircuitCore, kind_of, publish, timer
+from ._circuit import CircuitCore, publish, timer
 from ._errors import CommandTimeoutError, FailedResultError
 from ._events import RetryScheduled
 from ._metrics_schema import RETRIED, RETRIES_EXHAUSTED, RETRY_BUDGET_EXHAUSTED, RETRY_DEADLINE
@@ -80,6 +80,19 @@ class Verdict(Exception):
     def __init__(self, value: Any, error: Exception | None) -> None:
         self.value = value
         self.error = error
+
+
+def kind_of(core: CircuitCore, exc: BaseException) -> int:
+    """The outcome kind of an exception that ended a call (may raise the predicate's error)."""
+    if not isinstance(exc, Exception):
+        return CANCELLED  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit...
+    ignore: Any = core.ignore
+    if ignore.__class__ is tuple:
+        if ignore and isinstance(exc, ignore):
+            return IGNORED
+    elif ignore(exc):
+        return IGNORED
+    return FAILURE
 
 
 def judge(failed_if: Callable[[Any], bool], value: Any) -> None:
