@@ -197,8 +197,10 @@ async def _backend_rows(backend: str) -> None:
              t[f"sparse success, {buckets} buckets"] / t[f"success, {buckets} buckets"], 2.0)
     _row("rejected call - bare anyio checkpoint",
          t["rejected (open circuit)"] - t["bare anyio checkpoint"], 1.0, " µs")
-    _row("@command, timeout=None - bare await",
-         t["success, 10 buckets"] - t["bare await"], 0.5, " µs")
+    # (the production clock: the steady rows above run on the test clock the sparse rows
+    # need, whose Python-level call adds ~0.1 µs that no application pays)
+    _row("@command, timeout=None - bare await (real clock)",
+         t["decorated, 1 name"] - t["bare await"], 0.5, " µs")
 
 
 def main() -> None:
