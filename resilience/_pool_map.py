@@ -324,10 +324,7 @@ class MapFeed(Generic[A, T]):
         """
         sched = self._sched
         spare, fn, is_async = self._spare, self._fn, self._is_async
-        if self._ordered:
-            record, callback = self._results.append, None
-        else:
-            record, callback = self._live.add, self._job_done
+        callback = None if self._ordered else self._job_done
         jobs: list[JobHandle[Any]] = []
         add = jobs.append
         try:
@@ -338,12 +335,15 @@ class MapFeed(Generic[A, T]):
                     job.state = QUEUED
                 else:
                     job = JobHandle(sched, fn, [item], is_async, self, callback)
-                record(job)  # before it can finish
                 add(job)
         finally:  # also when the input raises: the jobs read so far are in flight
             n = len(jobs)
             self._outstanding += n
-            if n:
+            if n:  # recorded before they can finish (nothing here awaits)
+                if callback is None:
+                    self._results.extend(jobs)
+                else:
+                    self._live.update(jobs)
                 sched.put_batch(jobs)
                 if self._consumer is not None and self._ordered and len(self._results) == n:
                     self._wake_consumer()  # it waits with no job to wait on: now there is one

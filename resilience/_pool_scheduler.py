@@ -285,12 +285,15 @@ class Scheduler:
         (the rendezvous of ``queue_size=0``), else a map's read-ahead job.
         """
         queue, lane = self.queue, self.lane
-        job = lane.take_older(queue) if lane else None
-        if job is not None or queue:
-            if job is None:
+        if lane:  # plain-def jobs wait too: the older head goes first
+            job = lane.take_older(queue)
+            if job is None and queue:
                 job = queue.popleft()
-            if not self.submitters and not self.backlog:
-                return job
+        elif queue:
+            job = queue.popleft()
+        else:
+            job = None
+        if job is not None:
             if self.submitters:
                 self._admit(now)
             elif self.backlog:  # self._admit(now), inlined: once per job of a busy map
