@@ -314,7 +314,7 @@ def call_sync(
                 gen = _admit_sync(core, ticket); phase = _ADMITTED  # noqa: E702
             started = _timer()
             if timeout is None:
-                result = fn(*args, **kwargs)  # in this thread
+                result = fn(*args, **kwargs) if kwargs else fn(*args)  # in this thread
             else:
                 slot = SharedSlot(core); phase = _SHARED  # noqa: E702
                 fut = _submit(core, fn, args, kwargs)
