@@ -2,10 +2,9 @@
 ASGI, httpx and shared-store benchmarks.
 
 Each benchmark runs in a fresh interpreter of its own, as pyperf does: what one leaves behind
-(live objects, a fragmented heap, idle threads) must not tilt the next one's ratios. (Measured:
-``pool.map`` against raw streams read 0.78x after the command benchmarks in the same process,
-1.14x on its own.) Within one benchmark, ours and the peers still share a process and
-interleave. Arguments (``--quick``) reach every benchmark.
+(live objects, a fragmented heap, idle threads) must not tilt the next one's ratios. Within one
+benchmark, ours and the peers still share a process and interleave. Arguments (``--quick``)
+reach every benchmark.
 """
 
 from __future__ import annotations
