@@ -279,12 +279,17 @@ def test_closed_calls_never_touch_the_store(pair: tuple[Process, Process]) -> No
     assert seen == []
 
 
-def test_force_closed_and_flush_stay_local(pair: tuple[Process, Process]) -> None:
+def test_force_closed_and_flush_stay_local(
+    pair: tuple[Process, Process], redis_server: RedisServer  # noqa: F811
+) -> None:
     a, b = pair
     a.configure(sleep_window=30)
     b.configure(sleep_window=30, force_closed=True)
     a.trip()
-    time.sleep(4 * POLL)
+    wait_until(lambda: shared(redis_server, a.store, "state") == "open")
+    version = shared(redis_server, a.store, "version")
+    hook = core_of(b.registry, "dep").shared
+    wait_until(lambda: getattr(hook, "seen", None) == version)  # b has read the opening
     assert b.state() == "closed" and b.call() == "ok"  # the operator's switch wins
     a.registry.flush()
     assert a.state() == "closed"

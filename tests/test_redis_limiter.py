@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from test_redis_store import make_store, wait_until
 
 from resilience import RateLimitedError, RateLimiter
+from resilience._store import REFUND
 from resilience.redis import RedisStore
 
 DECISIONS = "resilience_rate_limit_decisions_total"
@@ -135,12 +136,21 @@ async def test_acquire_waits_for_its_turn_on_either_backend(stores: list[RedisSt
 async def test_a_cancelled_waiter_gives_its_reservation_back(stores: list[RedisStore]) -> None:
     a = limiter(stores[0], rate=2, per=1.0, burst=1, max_wait=5.0)
     b = limiter(stores[1], rate=2, per=1.0, burst=1, max_wait=5.0)
+    refunded: list[object] = []
+    attempt = stores[1].attempt
+
+    def counted(op: Any, *args: Any) -> Any:
+        result = attempt(op, *args)
+        if op == REFUND:
+            refunded.append(result)  # the round trip is over, not just taken off the queue
+        return result
+
+    stores[1].attempt = counted  # type: ignore[method-assign,assignment]
     await a.acquire()
     with anyio.move_on_after(0.1):
         await b.acquire()  # reserved (due in 0.5 s), then cancelled
     assert b.statistics().waiting == 0 and b.statistics().waited == 0
-    wait_until(lambda: not stores[1]._refunds)  # the store's thread gave it back
-    time.sleep(0.05)
+    wait_until(lambda: refunded)  # the store's thread gave it back
     started = time.monotonic()
     await a.acquire()  # the turn given back: due 0.5 s after the first permit, not 1 s
     assert time.monotonic() - started < 0.45

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
 import pytest
 from _redis_server import RedisServer, free_port, redis_binary, redis_server  # noqa: F401
 from prometheus_client import CollectorRegistry
+from test_command_helpers import FakeClock
 
 import resilience
 from resilience import CircuitOpenError, RateLimiter
@@ -282,11 +282,11 @@ async def test_async_with_stops_the_thread(
 
 
 async def test_a_store_down_never_fails_calls_on_either_backend(
-    metrics_registry: CollectorRegistry,
+    metrics_registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     s = make_store(f"redis://127.0.0.1:{free_port()}/0", metrics_registry, timeout=0.05)
     try:
-        registry = resilience.Registry(metrics_registry=metrics_registry, store=s)
+        registry = resilience.Registry(metrics_registry=metrics_registry, store=s, clock=clock)
         registry.configure_command("dep", request_volume_threshold=1, sleep_window=0.05)
 
         async def ok() -> str:
@@ -300,7 +300,7 @@ async def test_a_store_down_never_fails_calls_on_either_backend(
             await registry.run("dep", boom)
         with pytest.raises(CircuitOpenError):
             await registry.run("dep", ok)
-        await anyio.sleep(0.06)
+        clock.advance(0.06)
         assert await registry.run("dep", ok) == "ok"  # a local trial: the store is down
         assert registry.get_circuit("dep").state == "closed"
     finally:
