@@ -39,6 +39,22 @@ def collect(procs: list[Any], out: Any, timeout: float = 40.0) -> list[Any]:
     return results
 
 
+def run_all(procs: list[Any], out: Any) -> list[Any]:
+    """Start the processes, collect one result from each, and make sure they all exited 0."""
+    for p in procs:
+        p.start()
+    results: list[Any] = []
+    try:
+        results = collect(procs, out)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    return results
+
+
 @pytest.mark.slow
 def test_trip_propagation_one_trial_and_recovery_across_processes(
     redis_server: RedisServer,  # noqa: F811
@@ -53,17 +69,7 @@ def test_trip_propagation_one_trial_and_recovery_across_processes(
                     args=(redis_server.url, "fleet", i, start, tripped, trials, out))
         for i in range(PROCESSES)
     ]
-    for p in procs:
-        p.start()
-    results: list[Any] = []
-    try:
-        results = collect(procs, out)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    assert [p.exitcode for p in procs] == [0] * PROCESSES
+    results = run_all(procs, out)
     results.sort()
     trip = tripped.value
     assert trip > 0
@@ -92,14 +98,5 @@ def test_processes_limiters_together_admit_one_budget(
     out = ctx.Queue()
     procs = [ctx.Process(target=limiter_worker, args=(redis_server.url, "fleet", start, out))
              for _ in range(PROCESSES)]
-    for p in procs:
-        p.start()
-    try:
-        granted = collect(procs, out)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    assert [p.exitcode for p in procs] == [0] * PROCESSES
+    granted = run_all(procs, out)
     assert sum(granted) == 10, granted  # 10 an hour in all, not 10 per process
