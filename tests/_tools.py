@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,20 @@ def require_tool(name: str | Path, how: str | None = None) -> str:
     if in_ci():
         pytest.fail(f"{message} (CI=true: a missing tool is a failure)", pytrace=False)
     pytest.skip(message)
+
+
+def run_story(module: str, backend: str, expected_ok: Iterable[str], timeout: float) -> str:
+    """Run an example story (``python -m <module> --quick``) and return its output, having
+    checked what every story must show: exit 0, every expected OK line, no FAIL, and the
+    closing "all checks passed"."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--quick", "--backend", backend],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
+    for line in expected_ok:
+        assert line in out, f"missing {line!r}\n{out}"
+    assert "FAIL" not in out
+    assert out.rstrip().splitlines()[-1] == "all checks passed"
+    return out

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _tools import require_tool
+from _tools import require_tool, run_story
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's examples/
 
@@ -50,16 +50,7 @@ EXPECTED_OK = (
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_cluster_demo_tells_its_story(backend: str) -> None:
     require_tool("etcd", ETCD_HOW)
-    proc = subprocess.run(
-        [sys.executable, "-m", "examples.cluster", "--quick", "--backend", backend],
-        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
-    for line in EXPECTED_OK:
-        assert line in out, f"missing {line!r}\n{out}"
-    assert "FAIL" not in out
-    assert out.rstrip().splitlines()[-1] == "all checks passed"
+    out = run_story("examples.cluster", backend, EXPECTED_OK, TIMEOUT)
     if "prometheus not installed" not in out:
         assert "OK    Prometheus scraped the nodes" in out, out
 

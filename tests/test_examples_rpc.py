@@ -9,13 +9,13 @@ a run whose story did not happen cannot pass its own checks.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from _tools import run_story
 
 from resilience import Registry
 from resilience.httpx import AsyncCommandTransport
@@ -27,7 +27,6 @@ from examples.rpc.jsonrpc import JsonRpc, Peer, RpcError, RpcUnavailable, call
 from examples.rpc.node import ADD, MULTIPLY, classify
 from examples.rpc.tally import Tally
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120.0
 
 #: The lines the story must print (each check says what it measured).
@@ -44,16 +43,7 @@ EXPECTED_OK = (
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_rpc_example_tells_its_story(backend: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "examples.rpc", "--quick", "--backend", backend],
-        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
-    for line in EXPECTED_OK:
-        assert line in out, f"missing {line!r}\n{out}"
-    assert "FAIL" not in out
-    assert out.rstrip().splitlines()[-1] == "all checks passed"
+    out = run_story("examples.rpc", backend, EXPECTED_OK, TIMEOUT)
     for phase in ("steady:", "kill-C:", "slow-B:", "restore:"):
         assert f"\n{phase} " in out, out
     assert "A: circuit for C closed -> open" in out
