@@ -9,10 +9,8 @@ full because the test holds it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import socket
 import subprocess
 import sys
 import weakref
@@ -23,7 +21,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from hypercorn.config import Config
+from _hypercorn import ERROR_LOG, hypercorn_serving
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -43,7 +41,6 @@ from resilience.asgi import LoadShedding, exception_handlers
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 NAME = "api"
-ERROR_LOG = "resilience.tests.hypercorn"
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------
@@ -76,31 +73,10 @@ def calls(reg: resilience.Registry, outcome: str, command: str = NAME) -> float:
 
 @asynccontextmanager
 async def serving(app: Any, backend: str) -> AsyncIterator[str]:
-    """Serve ``app`` with hypercorn on this backend on a free loopback port; yield its URL.
-
-    The socket listens before hypercorn starts, so the first request needs no polling (and no
-    probe request goes through the middleware). Hypercorn's error log goes to ``ERROR_LOG``.
-    """
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes the socket over
-    config.accesslog = None
-    config.errorlog = logging.getLogger(ERROR_LOG)
-    config.graceful_timeout = 2.0
-    stop = anyio.Event()
-    if backend == "trio":
-        from hypercorn.trio import serve
-    else:
-        from hypercorn.asyncio import serve  # type: ignore[assignment]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(functools.partial(serve, app, config, shutdown_trigger=stop.wait))
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop.set()
+    """Serve ``app`` with hypercorn on this backend; yield its URL. (No probe request goes
+    through the middleware: the socket listens before hypercorn starts.)"""
+    async with hypercorn_serving(app, backend) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager

@@ -9,8 +9,6 @@ timeout fires because the test holds the headers.
 
 from __future__ import annotations
 
-import functools
-import logging
 import pickle
 import socket
 import subprocess
@@ -27,7 +25,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import httpx
 import pytest
-from hypercorn.config import Config
+from _hypercorn import hypercorn_serving
 from prometheus_client import CollectorRegistry
 
 import resilience
@@ -49,7 +47,6 @@ from resilience.httpx import (
 from resilience.httpx._policy import FailedStatuses, parse_retry_after
 from resilience.metrics import set_max_names
 
-ERROR_LOG = "resilience.tests.hypercorn"
 NO_BACKOFF = Retry(attempts=3, backoff=0.0, budget=None)
 
 Scope = dict[str, Any]
@@ -170,27 +167,12 @@ def free_socket() -> socket.socket:
 async def serving(app: Script, backend: str) -> AsyncIterator[int]:
     """Serve ``app`` with hypercorn on this backend on a free loopback port; yield the port.
     On the way out every gate of the script opens, so no request hangs the shutdown."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger(ERROR_LOG)
-    config.graceful_timeout = 2.0
-    stop = anyio.Event()
-    if backend == "trio":
-        from hypercorn.trio import serve
-    else:
-        from hypercorn.asyncio import serve  # type: ignore[assignment]
-    async with anyio.create_task_group() as tg:
-        asgi: Any = app
-        tg.start_soon(functools.partial(serve, asgi, config, shutdown_trigger=stop.wait))
+    async with hypercorn_serving(app, backend) as port:
         try:
             yield port
         finally:
             for gate in app.gates():
                 gate.set()
-            stop.set()
 
 
 @contextmanager

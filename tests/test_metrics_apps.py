@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import socket
 import statistics
 import subprocess
 import threading
@@ -19,8 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import anyio
 import httpx
 import pytest
+from _hypercorn import hypercorn_serving as serving
 from _tools import require_tool
-from hypercorn.config import Config
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from resilience._exporter import Hub
@@ -52,32 +51,9 @@ def populate(reg: CollectorRegistry, commands: int = 3) -> Live:
 
 @asynccontextmanager
 async def hypercorn_serving(app: Any, backend: str) -> AsyncIterator[str]:
-    """Serve ``app`` with hypercorn on this backend, on a free loopback port; yield its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes the socket over
-    config.accesslog = config.errorlog = None
-    stop = anyio.Event()
-    if backend == "trio":
-        from hypercorn.trio import serve
-    else:
-        from hypercorn.asyncio import serve  # type: ignore[assignment]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))
-        url = f"http://127.0.0.1:{port}/metrics"
-        async with httpx.AsyncClient() as client:
-            for _ in range(500):  # bounded poll until it answers
-                try:
-                    await client.head(url)
-                    break
-                except httpx.TransportError:
-                    await anyio.sleep(0.01)
-        try:
-            yield url
-        finally:
-            stop.set()
+    """Serve ``app`` with hypercorn on this backend; yield its ``/metrics`` URL."""
+    async with serving(app, backend) as port:
+        yield f"http://127.0.0.1:{port}/metrics"
 
 
 @contextmanager
